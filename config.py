@@ -1,0 +1,59 @@
+"""Configuration classes; every value can be set from the process environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent
+
+# The htmx build the pages load; pinned in one place (see dashboard/htmx.py when it lands).
+DEFAULT_HTMX_URL = "https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js"
+INSECURE_SECRET_KEY = "dev-only-insecure-secret-key"
+
+
+def _float(name: str, default: float) -> float | str:
+    """Read a number from the environment; a bad value is kept as text for create_app to report."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+class Config:
+    SECRET_KEY = os.environ.get("SECRET_KEY", INSECURE_SECRET_KEY)
+    # None means "dashboard.db in the instance folder"; the factory fills it in.
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DASHBOARD_DATABASE_URL") or None
+    ENVIRONMENTS_FILE = os.environ.get("ENVIRONMENTS_FILE", str(BASE_DIR / "environments.yaml"))
+    HTMX_URL = os.environ.get("HTMX_URL", DEFAULT_HTMX_URL)
+    # Seconds a status read may take to connect to a target database.
+    STATUS_CONNECT_TIMEOUT = _float("DASHBOARD_CONNECT_TIMEOUT", 3.0)
+    # Seconds between background status refreshes.
+    STATUS_REFRESH_SECONDS = _float("DASHBOARD_REFRESH_SECONDS", 10.0)
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REQUIRE_REAL_SECRET_KEY = False
+
+
+class DevelopmentConfig(Config):
+    DEBUG = False
+
+
+class TestingConfig(Config):
+    TESTING = True
+    SECRET_KEY = "testing-secret-key"
+
+
+class ProductionConfig(Config):
+    SESSION_COOKIE_SECURE = True
+    REQUIRE_REAL_SECRET_KEY = True
+
+
+CONFIGS: dict[str, type[Config]] = {
+    "development": DevelopmentConfig,
+    "testing": TestingConfig,
+    "production": ProductionConfig,
+}

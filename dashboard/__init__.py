@@ -1,0 +1,73 @@
+"""Migration Dashboard: Flask-Migrate / Alembic migrations across environments, in a browser."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from dashboard.errors import ConfigurationError
+
+STORE_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def create_app(
+    config: str | type | None = None, overrides: Mapping[str, Any] | None = None
+) -> Flask:
+    """Build the app from a config class (or its name), then `overrides`; reads local files only."""
+    import config as config_module
+    from dashboard import cli, environments
+    from dashboard.extensions import db, migrate
+
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object(_config_class(config, config_module))
+    if overrides:
+        app.config.update(overrides)
+    _check_config(app, config_module)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(STORE_MIGRATIONS))
+    environments.init_app(app)
+    cli.init_app(app)
+    return app
+
+
+def _config_class(config: str | type | None, config_module: Any) -> type:
+    import os
+
+    if isinstance(config, type):
+        return config
+    name = config or os.environ.get("DASHBOARD_CONFIG", "development")
+    try:
+        return config_module.CONFIGS[name]
+    except KeyError:
+        known = ", ".join(sorted(config_module.CONFIGS))
+        raise ConfigurationError(
+            f"DASHBOARD_CONFIG={name!r} is not a configuration; use one of: {known}"
+        ) from None
+
+
+def _check_config(app: Flask, config_module: Any) -> None:
+    """Fill derived defaults and refuse values that cannot work, naming the setting."""
+    for key, variable in (
+        ("STATUS_CONNECT_TIMEOUT", "DASHBOARD_CONNECT_TIMEOUT"),
+        ("STATUS_REFRESH_SECONDS", "DASHBOARD_REFRESH_SECONDS"),
+    ):
+        value = app.config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigurationError(
+                f"{variable} must be a positive number of seconds, not {value!r}"
+            )
+    if app.config.get("REQUIRE_REAL_SECRET_KEY"):
+        secret = app.config.get("SECRET_KEY") or ""
+        if secret == config_module.INSECURE_SECRET_KEY or len(secret) < 32:
+            raise ConfigurationError(
+                "SECRET_KEY must be set to a random value of at least 32 characters in "
+                'production, e.g. python -c "import secrets; print(secrets.token_hex(32))"'
+            )
+    if not app.config.get("SQLALCHEMY_DATABASE_URI"):
+        app.config["SQLALCHEMY_DATABASE_URI"] = (
+            f"sqlite:///{Path(app.instance_path) / 'dashboard.db'}"
+        )

@@ -1,0 +1,130 @@
+"""`flask dashboard …`: thin commands over the same services as the pages."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from dashboard import demo
+from dashboard.environments import EnvironmentStatus, get_board, get_project
+from dashboard.errors import DashboardError
+
+dashboard_cli = AppGroup("dashboard", help="Environments, revisions and the demo.")
+
+
+def init_app(app: Flask) -> None:
+    """Register the `flask dashboard` command group."""
+    app.cli.add_command(dashboard_cli)
+
+
+def _fail(error: DashboardError) -> click.ClickException:
+    return click.ClickException(str(error))
+
+
+def _age(checked_at: datetime | None) -> str:
+    if checked_at is None:
+        return "never"
+    seconds = (datetime.now(UTC) - checked_at).total_seconds()
+    return f"{checked_at:%H:%M:%S} UTC ({seconds:.1f}s ago)"
+
+
+def _status_words(status: EnvironmentStatus) -> str:
+    if status.status == "behind":
+        return f"behind ({status.behind})"
+    return str(status.status)
+
+
+def _current_words(status: EnvironmentStatus) -> str:
+    if status.status in ("unreachable", "not_configured", "unknown"):
+        return "-"
+    return ", ".join(revision[:12] for revision in status.current) or "(base)"
+
+
+@dashboard_cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per environment.")
+def status_command(as_json: bool) -> None:
+    """Show which revision each environment is at and what is pending."""
+    try:
+        statuses = get_board().refresh()
+    except DashboardError as error:
+        raise _fail(error) from error
+    if as_json:
+        click.echo(json.dumps([status.as_dict() for status in statuses], indent=2))
+        return
+    project = get_project()
+    click.echo(f"{project.name}: {project.script_location}")
+    rows = [("ENVIRONMENT", "STATUS", "PENDING", "CURRENT", "CHECKED")]
+    for status in statuses:
+        rows.append(
+            (
+                status.name,
+                _status_words(status),
+                str(status.behind),
+                _current_words(status),
+                _age(status.checked_at),
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    for status in statuses:
+        if status.error:
+            click.echo(f"{status.name}: {status.error}")
+
+
+@dashboard_cli.command("history")
+@click.option("--json", "as_json", is_flag=True, help="Print the revisions as JSON.")
+def history_command(as_json: bool) -> None:
+    """List every revision, newest first, with branch/merge marks and where it is applied."""
+    board = get_board()
+    try:
+        graph = board.graph()
+        statuses = board.refresh()
+    except DashboardError as error:
+        raise _fail(error) from error
+    applied = {status.name: graph.ancestors(status.current) for status in statuses}
+    entries = []
+    for revision in graph.revisions:
+        marks = [
+            mark
+            for mark, present in (
+                ("head", revision.is_head),
+                ("branch point", revision.is_branch_point),
+                ("merge", revision.is_merge_point),
+                ("base", revision.is_base),
+            )
+            if present
+        ]
+        entries.append(
+            {
+                "id": revision.id,
+                "message": revision.message,
+                "down_revisions": list(revision.down_revisions),
+                "next_revisions": list(revision.next_revisions),
+                "created": revision.created,
+                "marks": marks,
+                "applied_in": [name for name, ids in applied.items() if revision.id in ids],
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        parents = ", ".join(entry["down_revisions"]) or "<base>"
+        marks = f" ({', '.join(entry['marks'])})" if entry["marks"] else ""
+        where = f"  [{', '.join(entry['applied_in'])}]" if entry["applied_in"] else ""
+        click.echo(f"{parents} -> {entry['id']}{marks}, {entry['message']}{where}")
+
+
+@dashboard_cli.command("demo")
+def demo_command() -> None:
+    """Create or reset the demo: the dashboard's store and three SQLite environments."""
+    try:
+        for line in demo.build_demo():
+            click.echo(line)
+    except DashboardError as error:
+        raise _fail(error) from error

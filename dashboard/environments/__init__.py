@@ -1,0 +1,41 @@
+"""Environments: environments.yaml, and where each target database stands."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app
+
+from dashboard.environments.loader import Environment, Project, load_project
+from dashboard.environments.status import EnvironmentStatus, Status, StatusBoard
+
+__all__ = [
+    "Environment",
+    "EnvironmentStatus",
+    "Project",
+    "Status",
+    "StatusBoard",
+    "get_board",
+    "get_project",
+    "init_app",
+    "load_project",
+]
+
+
+def init_app(app: Flask) -> None:
+    """Read environments.yaml (a local file only) and attach an idle status board."""
+    project = load_project(app.config["ENVIRONMENTS_FILE"])
+    app.extensions["dashboard.project"] = project
+    app.extensions["dashboard.status_board"] = StatusBoard(
+        project=project,
+        timeout=app.config["STATUS_CONNECT_TIMEOUT"],
+        period=app.config["STATUS_REFRESH_SECONDS"],
+    )
+
+
+def get_project() -> Project:
+    """Return the current app's project."""
+    return current_app.extensions["dashboard.project"]
+
+
+def get_board() -> StatusBoard:
+    """Return the current app's status board."""
+    return current_app.extensions["dashboard.status_board"]

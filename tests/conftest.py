@@ -1,0 +1,334 @@
+"""Shared fixtures: apps, real databases per backend, and temporary script directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import textwrap
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from dashboard import create_app
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_SCRIPTS = REPO / "examples" / "shop" / "migrations"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+SERVERS = {
+    "postgresql": os.environ.get(
+        "TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+    ),
+    "mariadb": os.environ.get("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ["sqlite", "postgresql", "mariadb"]
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+class DatabaseFactory:
+    """Create throwaway databases on one backend and drop them all at the end of a test."""
+
+    def __init__(self, backend: str, tmp_path: Path) -> None:
+        self.backend = backend
+        self.tmp_path = tmp_path
+        self.created: list[URL] = []
+        self._admin: sa.Engine | None = None
+        if backend != "sqlite":
+            admin_url = make_url(SERVERS[backend])
+            self._admin = sa.create_engine(
+                admin_url,
+                isolation_level="AUTOCOMMIT",
+                poolclass=sa.pool.NullPool,
+                connect_args={"connect_timeout": 3},
+            )
+            try:
+                with self._admin.connect():
+                    pass
+            except sa.exc.OperationalError as error:
+                message = f"{backend} server at {admin_url} is not available: {error.orig}"
+                if IN_CI:
+                    pytest.fail(message)
+                pytest.skip(message)
+
+    def create(self) -> URL:
+        """Return the URL of a new, empty database."""
+        name = f"dash_{uuid.uuid4().hex[:12]}"
+        if self.backend == "sqlite":
+            path = self.tmp_path / f"{name}.db"
+            path.touch()  # an empty file is an empty SQLite database
+            url = make_url(f"sqlite:///{path}")
+        else:
+            assert self._admin is not None
+            with self._admin.connect() as connection:
+                connection.execute(sa.text(f"CREATE DATABASE {name}"))
+            url = self._admin.url.set(database=name)
+        self.created.append(url)
+        return url
+
+    def drop_all(self) -> None:
+        if self._admin is None:
+            return
+        with self._admin.connect() as connection:
+            for url in self.created:
+                if self.backend == "postgresql":
+                    connection.execute(
+                        sa.text(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+                    )
+                else:
+                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {url.database}"))
+        self._admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once per database backend."""
+    return request.param
+
+
+@pytest.fixture
+def databases(backend: str, tmp_path: Path) -> Iterator[DatabaseFactory]:
+    """A factory of throwaway databases on the current backend."""
+    factory = DatabaseFactory(backend, tmp_path)
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture
+def database_url(databases: DatabaseFactory) -> URL:
+    """One empty throwaway database on the current backend."""
+    return databases.create()
+
+
+def execute(url: URL, *statements: str) -> None:
+    """Run SQL statements on a database and commit."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(sa.text(statement))
+    finally:
+        engine.dispose()
+
+
+def table_names(url: URL) -> set[str]:
+    """Return the table names a database holds."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+# --- unreachable servers --------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+                accepted.append(connection)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(timeout=2)
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
+# --- script directories ---------------------------------------------------------------------
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)), *parts)
+
+
+REVISION_TEMPLATE = '''"""{message}
+
+Revision ID: {revision}
+Revises: {revises}
+Create Date: 2026-01-01 00:00:00.000000
+
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = {revision!r}
+down_revision = {down_revision!r}
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+{upgrade}
+
+
+def downgrade():
+{downgrade}
+'''
+
+
+class ScriptTree:
+    """A real Alembic script directory in a temporary folder, built revision by revision."""
+
+    def __init__(self, root: Path, style: str = "flask") -> None:
+        self.path = root / "migrations"
+        (self.path / "versions").mkdir(parents=True)
+        if style == "flask":
+            templates = _package_file("flask_migrate", "templates", "flask")
+            ini_folder = self.path
+        else:
+            templates = _package_file("alembic", "templates", "generic")
+            ini_folder = root
+        shutil.copy(templates / "env.py", self.path / "env.py")
+        shutil.copy(templates / "script.py.mako", self.path / "script.py.mako")
+        ini = (templates / "alembic.ini.mako").read_text()
+        ini = ini.replace("${script_location}", str(self.path))
+        (ini_folder / "alembic.ini").write_text(ini)
+        self.style = style
+
+    def add(
+        self,
+        revision: str,
+        down: str | tuple[str, ...] | None,
+        message: str | None = None,
+        *,
+        upgrade: str = "pass",
+        downgrade: str = "pass",
+    ) -> str:
+        """Write a revision file; `upgrade`/`downgrade` are Python bodies."""
+        revises = ", ".join(down) if isinstance(down, tuple) else (down or "")
+        text = REVISION_TEMPLATE.format(
+            message=message or f"revision {revision}",
+            revision=revision,
+            revises=revises,
+            down_revision=down,
+            upgrade=textwrap.indent(textwrap.dedent(upgrade).strip(), "    "),
+            downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
+        )
+        (self.path / "versions" / f"{revision}_rev.py").write_text(text)
+        return revision
+
+    def add_table(self, revision: str, down: str | tuple[str, ...] | None, table: str) -> str:
+        """Write a revision that creates one table (and drops it on downgrade)."""
+        return self.add(
+            revision,
+            down,
+            f"create {table}",
+            upgrade=f"op.create_table({table!r}, sa.Column('id', sa.Integer, primary_key=True))",
+            downgrade=f"op.drop_table({table!r})",
+        )
+
+    def linear(self, count: int, prefix: str = "r") -> list[str]:
+        """Write `count` revisions in a line, each creating a table; return their ids."""
+        ids: list[str] = []
+        for index in range(count):
+            ids.append(
+                self.add_table(f"{prefix}{index:02d}", ids[-1] if ids else None, f"t{index}")
+            )
+        return ids
+
+
+@pytest.fixture
+def script_tree(tmp_path: Path) -> ScriptTree:
+    """An empty script directory with a stock Flask-Migrate env.py."""
+    return ScriptTree(tmp_path / "app", style="flask")
+
+
+@pytest.fixture
+def plain_script_tree(tmp_path: Path) -> ScriptTree:
+    """An empty script directory with a stock plain-Alembic env.py (alembic.ini beside it)."""
+    return ScriptTree(tmp_path / "plain", style="plain")
+
+
+def write_environments(folder: Path, text: str) -> Path:
+    """Write an environments.yaml into `folder` and return its path."""
+    path = folder / "environments.yaml"
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def demo_environments(tmp_path: Path) -> Path:
+    """An environments.yaml for the demo shop with its SQLite files in a temporary folder."""
+    return write_environments(
+        tmp_path,
+        f"""
+        project: shop
+        migrations: {DEMO_SCRIPTS}
+        environments:
+          - name: dev
+            url: sqlite:///demo/dev.db
+          - name: staging
+            url: sqlite:///demo/staging.db
+            after: dev
+          - name: production
+            url: sqlite:///demo/production.db
+            after: staging
+            protected: true
+            approvals: 2
+            allow_downgrade: false
+        """,
+    )
+
+
+@pytest.fixture
+def app(tmp_path: Path, demo_environments: Path):
+    """The dashboard on the demo environments, with its store in a temporary folder."""
+    return create_app(
+        "testing",
+        {
+            "ENVIRONMENTS_FILE": str(demo_environments),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'store.db'}",
+        },
+    )
+
+
+@pytest.fixture
+def runner(app):
+    """A CLI runner for `flask dashboard …` commands."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
