@@ -1,0 +1,100 @@
+"""The app factory: layered config, clear configuration errors, and no database touched."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard import create_app
+from dashboard.environments import get_board, get_project
+from dashboard.errors import ConfigurationError
+from tests.conftest import write_environments
+
+
+def test_create_app_connects_to_nothing(tmp_path, script_tree, silent_port, closed_port):
+    """Unreachable servers and a missing SQLite file cost nothing at start-up and stay untouched."""
+    script_tree.linear(1)
+    environments = write_environments(
+        tmp_path,
+        f"""
+        migrations: {script_tree.path}
+        environments:
+          - name: dev
+            url: sqlite:///never/dev.db
+          - name: staging
+            url: postgresql+psycopg://u:p@127.0.0.1:{silent_port}/db
+          - name: production
+            url: mysql+pymysql://u:p@127.0.0.1:{closed_port}/db
+        """,
+    )
+    store = tmp_path / "store" / "dashboard.db"
+
+    app = create_app(
+        "testing",
+        {"ENVIRONMENTS_FILE": str(environments), "SQLALCHEMY_DATABASE_URI": f"sqlite:///{store}"},
+    )
+
+    assert not (tmp_path / "never").exists()
+    assert not store.parent.exists()
+    with app.app_context():
+        assert get_project().names == ["dev", "staging", "production"]
+        board = get_board()
+        assert board._thread is None  # nothing reads until someone asks
+
+
+def test_production_refuses_to_start_without_a_real_secret_key(demo_environments):
+    with pytest.raises(ConfigurationError, match="SECRET_KEY must be set"):
+        create_app("production", {"ENVIRONMENTS_FILE": str(demo_environments)})
+    with pytest.raises(ConfigurationError, match="SECRET_KEY must be set"):
+        create_app(
+            "production",
+            {"ENVIRONMENTS_FILE": str(demo_environments), "SECRET_KEY": "short"},
+        )
+
+
+def test_production_starts_with_a_real_secret_key(demo_environments):
+    app = create_app(
+        "production",
+        {"ENVIRONMENTS_FILE": str(demo_environments), "SECRET_KEY": "x" * 64},
+    )
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert app.config["SESSION_COOKIE_HTTPONLY"] is True
+
+
+def test_configuration_comes_from_environment_variables(monkeypatch, demo_environments):
+    import importlib
+
+    import config
+
+    monkeypatch.setenv("ENVIRONMENTS_FILE", str(demo_environments))
+    monkeypatch.setenv("DASHBOARD_CONNECT_TIMEOUT", "1.5")
+    monkeypatch.setenv("DASHBOARD_DATABASE_URL", "postgresql+psycopg://store@127.0.0.1/store")
+    monkeypatch.setenv("HTMX_URL", "/static/htmx.min.js")
+    importlib.reload(config)
+    try:
+        app = create_app("testing")
+        assert app.config["STATUS_CONNECT_TIMEOUT"] == 1.5
+        assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("postgresql+psycopg://")
+        assert app.config["HTMX_URL"] == "/static/htmx.min.js"
+        with app.app_context():
+            assert get_board().timeout == 1.5
+    finally:
+        monkeypatch.undo()
+        importlib.reload(config)
+
+
+def test_a_bad_number_names_the_variable(demo_environments):
+    with pytest.raises(ConfigurationError, match="DASHBOARD_CONNECT_TIMEOUT must be a positive"):
+        create_app(
+            "testing",
+            {"ENVIRONMENTS_FILE": str(demo_environments), "STATUS_CONNECT_TIMEOUT": "soon"},
+        )
+
+
+def test_unknown_config_name_is_refused(demo_environments):
+    with pytest.raises(ConfigurationError, match="use one of: development, production, testing"):
+        create_app("staging")
+
+
+def test_default_store_lives_in_the_instance_folder(demo_environments):
+    app = create_app("testing", {"ENVIRONMENTS_FILE": str(demo_environments)})
+    assert app.config["SQLALCHEMY_DATABASE_URI"].endswith("/instance/dashboard.db")
