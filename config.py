@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent
+from dashboard.htmx import HTMX_CDN_URL
 
-# The htmx build the pages load; pinned in one place (see dashboard/htmx.py when it lands).
-DEFAULT_HTMX_URL = "https://unpkg.com/htmx.org@2.0.4/dist/htmx.min.js"
+BASE_DIR = Path(__file__).resolve().parent
 INSECURE_SECRET_KEY = "dev-only-insecure-secret-key"
 
 
@@ -28,7 +27,7 @@ class Config:
     # None means "dashboard.db in the instance folder"; the factory fills it in.
     SQLALCHEMY_DATABASE_URI = os.environ.get("DASHBOARD_DATABASE_URL") or None
     ENVIRONMENTS_FILE = os.environ.get("ENVIRONMENTS_FILE", str(BASE_DIR / "environments.yaml"))
-    HTMX_URL = os.environ.get("HTMX_URL", DEFAULT_HTMX_URL)
+    HTMX_URL = os.environ.get("HTMX_URL", HTMX_CDN_URL)
     # Seconds a status read may take to connect to a target database.
     STATUS_CONNECT_TIMEOUT = _float("DASHBOARD_CONNECT_TIMEOUT", 3.0)
     # Seconds between background status refreshes.

@@ -18,8 +18,10 @@ def create_app(
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
     import config as config_module
-    from dashboard import cli, environments
+    from dashboard import cli, environments, error_pages, health, templating
+    from dashboard.environments.views import bp as environments_bp
     from dashboard.extensions import db, migrate
+    from dashboard.history.views import bp as history_bp
 
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_object(_config_class(config, config_module))
@@ -31,6 +33,11 @@ def create_app(
     migrate.init_app(app, db, directory=str(STORE_MIGRATIONS))
     environments.init_app(app)
     cli.init_app(app)
+    templating.init_app(app)
+    error_pages.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(environments_bp)
+    app.register_blueprint(history_bp)
     return app
 
 

@@ -332,3 +332,69 @@ def runner(app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo built once per run by `flask dashboard demo`: environments.yaml and databases."""
+    folder = tmp_path_factory.mktemp("built-demo")
+    environments = write_environments(
+        folder,
+        f"""
+        project: shop
+        migrations: {DEMO_SCRIPTS}
+        environments:
+          - name: dev
+            url: sqlite:///demo/dev.db
+          - name: staging
+            url: sqlite:///demo/staging.db
+            after: dev
+          - name: production
+            url: sqlite:///demo/production.db
+            after: staging
+            protected: true
+            approvals: 2
+            allow_downgrade: false
+        """,
+    )
+    demo_app = create_app(
+        "testing",
+        {
+            "ENVIRONMENTS_FILE": str(environments),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'store.db'}",
+        },
+    )
+    result = demo_app.test_cli_runner().invoke(args=["dashboard", "demo"])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture
+def demo_folder(built_demo: Path, tmp_path: Path) -> Path:
+    """A private copy of the built demo, free to change."""
+    folder = tmp_path / "demo-copy"
+    shutil.copytree(built_demo, folder)
+    return folder
+
+
+def make_app(folder: Path, **overrides):
+    """Create the dashboard for the environments.yaml in `folder`, its store beside it."""
+    return create_app(
+        "testing",
+        {
+            "ENVIRONMENTS_FILE": str(folder / "environments.yaml"),
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{folder / 'store.db'}",
+            **overrides,
+        },
+    )
+
+
+@pytest.fixture
+def demo_app(demo_folder: Path):
+    """The dashboard on a built demo: dev at head, staging 2 behind, production 5 behind."""
+    return make_app(demo_folder)
+
+
+@pytest.fixture
+def demo_client(demo_app):
+    return demo_app.test_client()

@@ -1,0 +1,1 @@
+"""History: the revision graph, page by page, and single revisions."""

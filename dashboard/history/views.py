@@ -1,0 +1,83 @@
+"""History and Revision pages."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, render_template, request
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import PythonLexer
+
+from dashboard.environments import get_board, get_project
+from dashboard.history.layout import ROW_HEIGHT, cached_layout
+from dashboard.htmx import is_htmx_request
+
+bp = Blueprint("history", __name__)
+
+PAGE_SIZE = 100
+_formatter = HtmlFormatter(cssclass="source", linenos="table", wrapcode=True)
+
+
+def _applied_where() -> dict[str, set[str]]:
+    """Map each environment name to the revisions applied there (from the cached statuses)."""
+    board = get_board()
+    graph = board.graph()
+    return {
+        status.name: graph.ancestors(status.current)
+        for status in board.snapshot(wait=board.timeout + 2)
+    }
+
+
+@bp.get("/history")
+def history() -> str:
+    """Every revision newest first, with the graph drawn beside it, a page at a time."""
+    graph = get_board().graph()
+    try:
+        page = max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        abort(400, description="The page number must be a whole number.")
+    start = (page - 1) * PAGE_SIZE
+    if start and start >= len(graph):
+        abort(404, description=f"There is no page {page}: the history has {len(graph)} revisions.")
+    layout = cached_layout(graph)[start : start + PAGE_SIZE]
+    rows = [(graph.get(row.revision_id), row) for row in layout]
+    template = "history/_rows.html" if is_htmx_request() else "history/history.html"
+    return render_template(
+        template,
+        project=get_project(),
+        graph=graph,
+        rows=rows,
+        applied=_applied_where(),
+        page=page,
+        has_more=start + PAGE_SIZE < len(graph),
+        row_height=ROW_HEIGHT,
+    )
+
+
+@bp.get("/revisions/<revision_id>")
+def revision(revision_id: str) -> str:
+    """One revision: message, date, parents and children, file, highlighted source."""
+    graph = get_board().graph()
+    found = graph.get(revision_id)
+    if found is None:
+        abort(404, description=f"No revision “{revision_id}” is in the script directory.")
+    try:
+        source = found.path.read_text(encoding="utf-8")
+    except OSError as error:
+        source = f"# cannot read {found.path}: {error.strerror}"
+    applied = _applied_where()
+    return render_template(
+        "history/revision.html",
+        project=get_project(),
+        graph=graph,
+        revision=found,
+        source_html=highlight(source, PythonLexer(), _formatter),
+        applied_in=[name for name, ids in applied.items() if found.id in ids],
+    )
+
+
+@bp.get("/assets/highlight.css")
+def highlight_css() -> Response:
+    """The colours of highlighted source, served as a stylesheet (no inline styles)."""
+    response = Response(_formatter.get_style_defs(".source"), mimetype="text/css")
+    response.cache_control.max_age = 3600
+    return response

@@ -1,0 +1,154 @@
+"""The pages in headless Chromium, with htmx served from the npm copy in place of the CDN."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI, HTMX_VERSION
+from tests.conftest import IN_CI, REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+HTMX_COPY = REPO / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
+DOCS = REPO / "docs"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright; never a downloaded browser."""
+    missing = [str(path) for path in (CHROMIUM, HTMX_COPY) if not path.exists()]
+    if missing:
+        message = f"browser tests need {', '.join(missing)} (scripts/test installs them)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def live_server(demo_app) -> Iterator[str]:
+    """The demo dashboard served on a free loopback port."""
+    server = make_server("127.0.0.1", 0, demo_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser page whose requests for the htmx CDN get the npm copy."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    body = HTMX_COPY.read_bytes()
+
+    def serve_htmx(route):
+        # The SRI check needs a CORS response for a crossorigin script.
+        route.fulfill(
+            status=200,
+            body=body,
+            headers={
+                "Content-Type": "application/javascript",
+                "Access-Control-Allow-Origin": "*",
+            },
+        )
+
+    context.route(HTMX_CDN_URL, serve_htmx)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.console_errors = errors
+    yield tab
+    context.close()
+
+
+def test_npm_copy_is_the_pinned_version_with_the_pinned_hash():
+    import base64
+    import hashlib
+
+    if not HTMX_COPY.exists() and not IN_CI:
+        pytest.skip("node_modules is not installed (scripts/test installs it)")
+    lock = json.loads((REPO / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/htmx.org"]["version"] == HTMX_VERSION
+    assert json.loads((REPO / "package.json").read_text())["devDependencies"]["htmx.org"] == (
+        HTMX_VERSION
+    )
+    digest = base64.b64encode(hashlib.sha384(HTMX_COPY.read_bytes()).digest()).decode()
+    assert HTMX_SRI == f"sha384-{digest}"
+
+
+def test_overview_refresh_and_click_through(page, live_server, demo_folder):
+    page.goto(live_server + "/")
+    page.wait_for_function("window.htmx !== undefined")
+    rows = page.locator("tr.env-row")
+    assert rows.count() == 3
+    assert rows.nth(0).locator(".badge").inner_text() == "Up to date"
+    assert rows.nth(1).locator(".badge").inner_text() == "2 behind"
+    assert rows.nth(2).locator(".badge").inner_text() == "5 behind"
+    page.screenshot(path=str(DOCS / "overview.png"), full_page=True)
+
+    # Move dev away behind the dashboard's back; Refresh re-reads in place (no navigation).
+    (demo_folder / "demo" / "dev.db").unlink()
+    url_before = page.url
+    with page.expect_response(lambda response: "refresh=1" in response.url):
+        page.get_by_role("button", name="Refresh").click()
+    page.locator('tr[data-env="dev"][data-status="unreachable"]').wait_for()
+    assert page.url == url_before
+    assert "does not exist" in page.locator('tr[data-env="dev"]').inner_text()
+
+    page.get_by_role("link", name="production").click()
+    page.wait_for_url("**/environments/production")
+    assert page.locator("h1").first.inner_text().startswith("production")
+    assert page.locator("ol.revlist li").count() == 5
+    page.screenshot(path=str(DOCS / "environment.png"), full_page=True)
+
+    page.locator("ol.revlist a.rev").nth(1).click()
+    page.wait_for_url("**/revisions/8f60afaad46c")
+    assert page.locator("h1").inner_text() == "backfill customer display_name"
+    assert page.locator(".source .k").count() > 0
+    page.screenshot(path=str(DOCS / "revision.png"), full_page=True)
+    assert page.console_errors == []
+
+
+def test_history_draws_the_graph(page, live_server):
+    page.goto(live_server + "/history")
+    page.wait_for_function("window.htmx !== undefined")
+    assert page.locator("tr.rev-row").count() == 13
+    assert page.locator("svg.graph circle.merge").count() == 1
+    # The merge's row draws a line into a second lane.
+    widths = page.locator("svg.graph").evaluate_all("svgs => svgs.map(s => s.width.baseVal.value)")
+    assert max(widths) > min(widths)
+    page.screenshot(path=str(DOCS / "history.png"), full_page=True)
+    assert page.console_errors == []
+
+
+def test_overview_on_a_phone(browser, live_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    context.route(HTMX_CDN_URL, lambda route: route.abort())
+    try:
+        tab = context.new_page()
+        tab.goto(live_server + "/")
+        # Without htmx the page still renders every environment.
+        assert tab.locator("tr.env-row").count() == 3
+        scroll_width = tab.evaluate("document.documentElement.scrollWidth")
+        assert scroll_width <= 390
+        tab.screenshot(path=str(DOCS / "overview-phone.png"))
+    finally:
+        context.close()
