@@ -18,7 +18,7 @@ def create_app(
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
     import config as config_module
-    from dashboard import cli, environments, error_pages, health, templating
+    from dashboard import audit, cli, environments, error_pages, health, models, templating
     from dashboard.environments.views import bp as environments_bp
     from dashboard.extensions import db, migrate
     from dashboard.history.views import bp as history_bp
@@ -29,10 +29,12 @@ def create_app(
         app.config.update(overrides)
     _check_config(app, config_module)
 
+    assert models.User is not None  # every table registered before Flask-Migrate looks
     db.init_app(app)
     migrate.init_app(app, db, directory=str(STORE_MIGRATIONS))
     environments.init_app(app)
     cli.init_app(app)
+    audit.init_app(app)
     templating.init_app(app)
     error_pages.init_app(app)
     app.register_blueprint(health.bp)

@@ -1,7 +1,9 @@
-"""The dashboard's own store; tables arrive with the features that need them."""
+"""The dashboard's own store: every table, in one place for Flask-Migrate's autogenerate."""
 
 from __future__ import annotations
 
+from dashboard.audit.models import AuditCheckpoint, AuditEvent
 from dashboard.extensions import db
+from dashboard.users.models import LoginFailure, Role, User
 
-__all__ = ["db"]
+__all__ = ["AuditCheckpoint", "AuditEvent", "LoginFailure", "Role", "User", "db"]
