@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Migration dashboard: gunicorn serving dashboard:create_app() as a non-root user.
+# docker/entrypoint.sh upgrades the dashboard's own store (flask db upgrade), then execs gunicorn.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+
+# Dependencies first, in their own layer, so a source change does not reinstall them.
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The source tree keeps its layout: dashboard/__init__.py finds the store's schema at
+# Path(__file__).parent.parent / "migrations", i.e. /app/migrations, so install in place (-e).
+COPY config.py environments.yaml ./
+COPY dashboard/ dashboard/
+COPY migrations/ migrations/
+COPY examples/ examples/
+COPY docker/ docker/
+RUN pip install --no-cache-dir --no-deps -e . \
+    && chmod 0755 docker/entrypoint.sh \
+    && groupadd --system --gid 10001 dashboard \
+    && useradd --system --uid 10001 --gid dashboard --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin dashboard \
+    && mkdir -p /app/instance \
+    && chown dashboard:dashboard /app/instance
+
+ENV FLASK_APP=dashboard \
+    DASHBOARD_CONFIG=production \
+    PORT=8000
+
+USER 10001:10001
+
+EXPOSE 8000
+
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/healthz', timeout=4)" || exit 1
+
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
