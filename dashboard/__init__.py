@@ -19,9 +19,12 @@ def create_app(
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
     import config as config_module
     from dashboard import audit, cli, environments, error_pages, health, models, templating
+    from dashboard.auth import security
+    from dashboard.auth import views as auth_views
     from dashboard.environments.views import bp as environments_bp
     from dashboard.extensions import db, migrate
     from dashboard.history.views import bp as history_bp
+    from dashboard.users import views as users_views
 
     app = Flask(__name__, instance_relative_config=True)
     app.config.from_object(_config_class(config, config_module))
@@ -37,7 +40,10 @@ def create_app(
     audit.init_app(app)
     templating.init_app(app)
     error_pages.init_app(app)
+    security.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(auth_views.bp)
+    app.register_blueprint(users_views.bp)
     app.register_blueprint(environments_bp)
     app.register_blueprint(history_bp)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 
 import click
@@ -12,6 +13,9 @@ from flask.cli import AppGroup
 from dashboard import demo
 from dashboard.environments import EnvironmentStatus, get_board, get_project
 from dashboard.errors import DashboardError
+from dashboard.extensions import db
+from dashboard.users import service as users
+from dashboard.users.models import Role
 
 dashboard_cli = AppGroup("dashboard", help="Environments, revisions and the demo.")
 
@@ -118,6 +122,61 @@ def history_command(as_json: bool) -> None:
         marks = f" ({', '.join(entry['marks'])})" if entry["marks"] else ""
         where = f"  [{', '.join(entry['applied_in'])}]" if entry["applied_in"] else ""
         click.echo(f"{parents} -> {entry['id']}{marks}, {entry['message']}{where}")
+
+
+def _find_user(username: str):
+    user = users.get_user(username=username)
+    if user is None:
+        raise click.ClickException(f"There is no user called {username!r}.")
+    return user
+
+
+@dashboard_cli.command("create-user")
+@click.argument("username")
+@click.option(
+    "--role",
+    type=click.Choice([role.value for role in Role]),
+    default=Role.VIEWER.value,
+    show_default=True,
+)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def create_user_command(username: str, role: str, password_stdin: bool) -> None:
+    """Create a user (the password is prompted for, or read from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        users.create_user(username=username, password=password, role=role, actor=None)
+    except DashboardError as error:
+        db.session.rollback()
+        raise _fail(error) from error
+    click.echo(f"Created {username} ({role}).")
+
+
+@dashboard_cli.command("set-role")
+@click.argument("username")
+@click.argument("role", type=click.Choice([role.value for role in Role]))
+def set_role_command(username: str, role: str) -> None:
+    """Give a user another role."""
+    try:
+        users.set_role(user=_find_user(username), role=role, actor=None)
+    except DashboardError as error:
+        db.session.rollback()
+        raise _fail(error) from error
+    click.echo(f"{username} is now {role}.")
+
+
+@dashboard_cli.command("deactivate")
+@click.argument("username")
+def deactivate_command(username: str) -> None:
+    """Deactivate a user; their sessions stop working at once."""
+    try:
+        users.deactivate(user=_find_user(username), actor=None)
+    except DashboardError as error:
+        db.session.rollback()
+        raise _fail(error) from error
+    click.echo(f"{username} is deactivated.")
 
 
 @dashboard_cli.command("demo")

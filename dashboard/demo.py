@@ -11,6 +11,8 @@ from flask import current_app
 from dashboard.environments import get_board, get_project
 from dashboard.errors import ConfigurationError, MigrationFailed
 from dashboard.runner import run_in_child
+from dashboard.users import service as users
+from dashboard.users.models import Role
 
 # How many revisions behind head each environment starts, in promotion order.
 DEMO_BEHIND = (0, 2, 5)
@@ -47,6 +49,18 @@ def build_demo() -> Iterator[str]:
                 f"building the demo's {environment.name} failed:\n" + "\n".join(result.lines)
             )
         yield f"{environment.name}: {database} upgraded to {target} ({behind} behind head)"
+    yield from _create_demo_users()
+
+
+def _create_demo_users() -> Iterator[str]:
+    yield "demo users (passwords are shown only now):"
+    for role in Role:
+        if users.get_user(username=role.value) is not None:
+            yield f"  {role.value:<9} exists already; password unchanged"
+            continue
+        password = users.generate_password()
+        users.create_user(username=role.value, password=password, role=role, actor=None)
+        yield f"  {role.value:<9} password {password}"
 
 
 def _revision_behind(graph, behind: int) -> str:

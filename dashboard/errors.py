@@ -29,3 +29,19 @@ class UnknownEnvironment(DashboardError):
 
 class MigrationFailed(DashboardError):
     """Running a migration (upgrade, downgrade, stamp) failed."""
+
+
+class InvalidCredentials(DashboardError):
+    """The username or password is wrong (we never say which)."""
+
+
+class LoginThrottled(DashboardError):
+    """Too many failed sign-ins for this username from this address, or from this address."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UserError(DashboardError):
+    """A user-management request that cannot be done as asked (bad name, last admin, …)."""

@@ -8,6 +8,7 @@ from flask import Flask, current_app
 
 from dashboard.environments.status import EnvironmentStatus, Status
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
+from dashboard.users.models import Role
 
 _TONES = {
     Status.UP_TO_DATE: "ok",
@@ -73,4 +74,6 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(ago)
     app.add_template_filter(short)
     app.add_template_global(htmx_script)
-    app.context_processor(lambda: {"project": current_app.extensions["dashboard.project"]})
+    app.context_processor(
+        lambda: {"project": current_app.extensions["dashboard.project"], "Role": Role}
+    )

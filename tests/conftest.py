@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import shutil
 import socket
 import textwrap
@@ -366,6 +368,10 @@ def built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     result = demo_app.test_cli_runner().invoke(args=["dashboard", "demo"])
     assert result.exit_code == 0, result.output
+    # The demo prints each role's user and password once; keep them for signing in.
+    passwords = dict(re.findall(r"^\s+(\w+)\s+password (\S+)$", result.output, re.M))
+    assert sorted(passwords) == ["admin", "approver", "operator", "viewer"], result.output
+    (folder / "passwords.json").write_text(json.dumps(passwords))
     return folder
 
 
@@ -396,5 +402,118 @@ def demo_app(demo_folder: Path):
 
 
 @pytest.fixture
-def demo_client(demo_app):
-    return demo_app.test_client()
+def demo_passwords(demo_folder: Path) -> dict[str, str]:
+    """The password of each demo user (named after its role)."""
+    return json.loads((demo_folder / "passwords.json").read_text())
+
+
+@pytest.fixture
+def demo_client(demo_app, demo_passwords):
+    """A client of the demo signed in as the viewer."""
+    client = demo_app.test_client()
+    Auth(client).login("viewer", demo_passwords["viewer"])
+    return client
+
+
+@pytest.fixture
+def clients(demo_app, demo_passwords):
+    """A signed-in client per role, and `anonymous`: clients['operator'] and so on."""
+    signed_in = {"anonymous": demo_app.test_client()}
+    for role, password in demo_passwords.items():
+        client = demo_app.test_client()
+        Auth(client).login(role, password)
+        signed_in[role] = client
+    return signed_in
+
+
+# --- signing in -----------------------------------------------------------------------------
+
+TEST_PASSWORD = "correct horse battery staple"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
+
+
+class Auth:
+    """Sign a test client in and out the way a browser does, CSRF token included."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def csrf_token(self, path: str = "/login") -> str:
+        html = self.client.get(path).get_data(as_text=True)
+        match = _CSRF.search(html)
+        assert match, f"no CSRF token on {path}"
+        return match.group(1) or match.group(2)
+
+    def login(self, username: str, password: str = TEST_PASSWORD, expect: int = 302):
+        response = self.client.post(
+            "/login",
+            data={"username": username, "password": password, "csrf_token": self.csrf_token()},
+        )
+        assert response.status_code == expect, response.get_data(as_text=True)[:500]
+        return response
+
+    def post(self, path: str, data: dict | None = None, **kwargs):
+        """POST with this session's CSRF token, as a form on one of our pages would."""
+        token = self.csrf_token("/account")
+        return self.client.post(path, data={**(data or {}), "csrf_token": token}, **kwargs)
+
+    def logout(self):
+        return self.post("/logout")
+
+
+def upgrade_store(app) -> None:
+    """Create or upgrade the app's own store with its migrations."""
+    import flask_migrate
+
+    with app.app_context():
+        flask_migrate.upgrade(directory=app.extensions["migrate"].directory)
+
+
+def add_user(app, username: str, role: str = "viewer", password: str = TEST_PASSWORD) -> None:
+    """Create a user in the app's store (upgrading the store first)."""
+    from dashboard.users import service as users
+
+    upgrade_store(app)
+    with app.app_context():
+        users.create_user(username=username, password=password, role=role, actor=None)
+
+
+def signed_in_client(app, role: str = "viewer"):
+    """A client of `app` signed in as a new user with `role`."""
+    username = f"{role}-{uuid.uuid4().hex[:6]}"
+    add_user(app, username, role)
+    client = app.test_client()
+    Auth(client).login(username)
+    return client
+
+
+# --- the audit log --------------------------------------------------------------------------
+
+AUDIT_HMAC_KEY = "audit-checkpoint-key-for-tests"
+
+
+@pytest.fixture(params=BACKENDS)
+def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """An empty throwaway store database on each backend."""
+    factory = DatabaseFactory(request.param, tmp_path)
+    yield factory.create()
+    factory.drop_all()
+
+
+@pytest.fixture
+def audit_app(audit_store: URL, demo_environments: Path):
+    """The dashboard on `audit_store`, upgraded by its migrations, with a fixed checkpoint key."""
+    from dashboard.extensions import db
+
+    app = create_app(
+        "testing",
+        {
+            "ENVIRONMENTS_FILE": str(demo_environments),
+            "SQLALCHEMY_DATABASE_URI": audit_store.render_as_string(hide_password=False),
+            "AUDIT_HMAC_KEY": AUDIT_HMAC_KEY,
+        },
+    )
+    upgrade_store(app)
+    yield app
+    with app.app_context():
+        db.engine.dispose()

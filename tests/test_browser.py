@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,8 +95,17 @@ def test_npm_copy_is_the_pinned_version_with_the_pinned_hash():
     assert HTMX_SRI == f"sha384-{digest}"
 
 
-def test_overview_refresh_and_click_through(page, live_server, demo_folder):
-    page.goto(live_server + "/")
+def sign_in(page, base: str, username: str, password: str) -> None:
+    """Sign in through the form, as a person would."""
+    page.goto(base + "/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + "/")
+
+
+def test_overview_refresh_and_click_through(page, live_server, demo_folder, demo_passwords):
+    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
     page.wait_for_function("window.htmx !== undefined")
     rows = page.locator("tr.env-row")
     assert rows.count() == 3
@@ -127,7 +137,8 @@ def test_overview_refresh_and_click_through(page, live_server, demo_folder):
     assert page.console_errors == []
 
 
-def test_history_draws_the_graph(page, live_server):
+def test_history_draws_the_graph(page, live_server, demo_passwords):
+    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
     page.goto(live_server + "/history")
     page.wait_for_function("window.htmx !== undefined")
     assert page.locator("tr.rev-row").count() == 13
@@ -139,12 +150,12 @@ def test_history_draws_the_graph(page, live_server):
     assert page.console_errors == []
 
 
-def test_overview_on_a_phone(browser, live_server):
+def test_overview_on_a_phone(browser, live_server, demo_passwords):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     context.route(HTMX_CDN_URL, lambda route: route.abort())
     try:
         tab = context.new_page()
-        tab.goto(live_server + "/")
+        sign_in(tab, live_server, "viewer", demo_passwords["viewer"])
         # Without htmx the page still renders every environment.
         assert tab.locator("tr.env-row").count() == 3
         scroll_width = tab.evaluate("document.documentElement.scrollWidth")
@@ -152,3 +163,34 @@ def test_overview_on_a_phone(browser, live_server):
         tab.screenshot(path=str(DOCS / "overview-phone.png"))
     finally:
         context.close()
+
+
+def test_viewer_sees_no_admin_or_change_controls(page, live_server, demo_passwords):
+    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
+    page.goto(live_server + "/environments/staging")
+    assert page.get_by_role("link", name="Users").count() == 0
+    assert page.locator("main form[method=post]").count() == 0
+    assert page.get_by_role("button", name=re.compile("upgrade|downgrade|run", re.I)).count() == 0
+    page.goto(live_server + "/users")
+    assert "You may not do that" in page.locator("main").inner_text()
+    page.screenshot(path=str(DOCS / "viewer-forbidden.png"))
+
+
+def test_admin_creates_a_user_who_can_then_sign_in(page, browser, live_server, demo_passwords):
+    sign_in(page, live_server, "admin", demo_passwords["admin"])
+    page.get_by_role("link", name="Users").click()
+    page.wait_for_url("**/users")
+    page.get_by_label("Username").fill("dana")
+    page.locator("form.form select[name=role]").select_option("operator")
+    page.get_by_role("button", name="Add user").click()
+    password = page.locator("code.secret").inner_text()
+    assert page.locator('tr[data-user="dana"]').count() == 1
+    page.screenshot(path=str(DOCS / "users.png"), full_page=True)
+
+    other = browser.new_context()
+    try:
+        tab = other.new_page()
+        sign_in(tab, live_server, "dana", password)
+        assert "dana" in tab.locator(".who").inner_text()
+    finally:
+        other.close()

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
-from tests.conftest import make_app, write_environments
+from tests.conftest import Auth, make_app, signed_in_client, write_environments
 
 HEAD = "8d3907739fa1"
 MERGE = "1aec4c5d1964"
@@ -40,8 +40,8 @@ def test_overview_for_htmx_is_just_the_table(demo_client):
     assert rows_of(html, "data-env") == ["dev", "staging", "production"]
 
 
-def test_refresh_rereads_the_databases(demo_app, demo_folder):
-    client = demo_app.test_client()
+def test_refresh_rereads_the_databases(demo_client, demo_folder):
+    client = demo_client
     assert 'data-status="up_to_date"' in client.get("/").get_data(as_text=True)
     (demo_folder / "demo" / "dev.db").unlink()
 
@@ -114,7 +114,7 @@ def test_history_of_thousands_of_revisions_is_paginated(tmp_path, script_tree):
             )
         ),
     )
-    client = app.test_client()
+    client = signed_in_client(app)
 
     first = client.get("/history").get_data(as_text=True)
     more = client.get("/history?page=3", headers=HX).get_data(as_text=True)
@@ -159,7 +159,9 @@ def test_unknown_page_for_htmx_gets_a_fragment(demo_client):
     assert "<html" not in html and 'role="alert"' in html
 
 
-def test_an_unreachable_environment_shows_its_error_while_others_render(demo_folder, closed_port):
+def test_an_unreachable_environment_shows_its_error_while_others_render(
+    demo_folder, closed_port, demo_passwords
+):
     text = (demo_folder / "environments.yaml").read_text()
     text += (
         "  - name: analytics\n"
@@ -169,6 +171,7 @@ def test_an_unreachable_environment_shows_its_error_while_others_render(demo_fol
     )
     (demo_folder / "environments.yaml").write_text(text)
     client = make_app(demo_folder).test_client()
+    Auth(client).login("viewer", demo_passwords["viewer"])
 
     pages = [
         client.get(path).get_data(as_text=True)
@@ -204,7 +207,7 @@ def test_a_script_message_with_markup_is_escaped(tmp_path, script_tree):
             url: sqlite:///dev.db
         """,
     )
-    client = make_app(folder).test_client()
+    client = signed_in_client(make_app(folder))
 
     for path in ("/history", "/revisions/x1"):
         html = client.get(path).get_data(as_text=True)
@@ -219,8 +222,9 @@ def test_pages_load_the_pinned_htmx_with_its_integrity_hash(demo_client):
     assert '"includeIndicatorStyles": false' in html
 
 
-def test_a_configured_htmx_url_is_used_without_the_cdn_hash(demo_folder):
+def test_a_configured_htmx_url_is_used_without_the_cdn_hash(demo_folder, demo_passwords):
     client = make_app(demo_folder, HTMX_URL="/static/vendor/htmx.min.js").test_client()
+    Auth(client).login("viewer", demo_passwords["viewer"])
     html = client.get("/").get_data(as_text=True)
     assert 'src="/static/vendor/htmx.min.js"' in html and "integrity=" not in html
 

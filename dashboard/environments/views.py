@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template, request
 
+from dashboard.auth import role_required
 from dashboard.environments import get_board, get_project
 from dashboard.environments.status import EnvironmentStatus
 from dashboard.htmx import is_htmx_request
+from dashboard.users.models import Role
 
 bp = Blueprint("environments", __name__)
 
@@ -20,6 +22,7 @@ def _statuses() -> list[EnvironmentStatus]:
 
 
 @bp.get("/")
+@role_required(Role.VIEWER)
 def overview() -> str:
     """Every environment in promotion order with its status."""
     project = get_project()
@@ -29,6 +32,7 @@ def overview() -> str:
 
 
 @bp.get("/environments/<name>")
+@role_required(Role.VIEWER)
 def environment(name: str) -> str:
     """One environment: its current revision(s), what is pending and the last error."""
     project = get_project()

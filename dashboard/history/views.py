@@ -7,9 +7,11 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
+from dashboard.auth import role_required
 from dashboard.environments import get_board, get_project
 from dashboard.history.layout import ROW_HEIGHT, cached_layout
 from dashboard.htmx import is_htmx_request
+from dashboard.users.models import Role
 
 bp = Blueprint("history", __name__)
 
@@ -28,6 +30,7 @@ def _applied_where() -> dict[str, set[str]]:
 
 
 @bp.get("/history")
+@role_required(Role.VIEWER)
 def history() -> str:
     """Every revision newest first, with the graph drawn beside it, a page at a time."""
     graph = get_board().graph()
@@ -54,6 +57,7 @@ def history() -> str:
 
 
 @bp.get("/revisions/<revision_id>")
+@role_required(Role.VIEWER)
 def revision(revision_id: str) -> str:
     """One revision: message, date, parents and children, file, highlighted source."""
     graph = get_board().graph()
@@ -76,6 +80,7 @@ def revision(revision_id: str) -> str:
 
 
 @bp.get("/assets/highlight.css")
+@role_required(Role.VIEWER)
 def highlight_css() -> Response:
     """The colours of highlighted source, served as a stylesheet (no inline styles)."""
     response = Response(_formatter.get_style_defs(".source"), mimetype="text/css")

@@ -1,0 +1,224 @@
+"""Users: creation, roles, passwords, sign-in with throttling. Every change is audited."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from dashboard.audit import service as audit
+from dashboard.errors import InvalidCredentials, LoginThrottled, UserError
+from dashboard.extensions import db
+from dashboard.users.models import LoginFailure, Role, User, new_session_token
+
+_hasher = PasswordHasher()
+# Verifying against this keeps an unknown username as slow as a wrong password.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,79}$")
+MIN_PASSWORD_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """How many failures within `window` lock out further attempts, and for how long."""
+
+    per_user_and_address: int = 5
+    per_address: int = 20
+    window: timedelta = timedelta(minutes=15)
+
+
+def generate_password() -> str:
+    """Return a new random password a person can type."""
+    return secrets.token_urlsafe(12)
+
+
+def _check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"A password needs at least {MIN_PASSWORD_LENGTH} characters.")
+
+
+def _parse_role(role: str | Role) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        roles = ", ".join(r.value for r in Role)
+        raise UserError(f"“{role}” is not a role; use one of: {roles}.") from None
+
+
+def get_user(*, username: str) -> User | None:
+    """Return the user called `username`, or None."""
+    return db.session.scalar(sa.select(User).where(User.username == username))
+
+
+def list_users() -> list[User]:
+    """Return every user, by name."""
+    return list(db.session.scalars(sa.select(User).order_by(User.username)))
+
+
+def load_user(session_id: str) -> User | None:
+    """Return the active user for a Flask-Login id ("id:token"); None signs the session out."""
+    user_id, _, token = session_id.partition(":")
+    if not user_id.isdigit() or not token:
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or not user.active or not secrets.compare_digest(user.session_token, token):
+        return None
+    return user
+
+
+def create_user(*, username: str, password: str, role: str | Role, actor: User | None) -> User:
+    """Create a user with a hashed password; audit it."""
+    username = username.strip()
+    if not USERNAME_PATTERN.match(username):
+        raise UserError(
+            "A username is 2–80 letters, digits, '.', '_', '@' or '-', starting with a letter "
+            "or digit."
+        )
+    parsed_role = _parse_role(role)
+    _check_password_rules(password)
+    if get_user(username=username) is not None:
+        raise UserError(f"A user called “{username}” already exists.")
+    user = User(username=username, password_hash=_hasher.hash(password), role=parsed_role.value)
+    db.session.add(user)
+    db.session.flush()
+    audit.record(
+        action="user.created",
+        actor=actor,
+        details={"user": username, "role": parsed_role.value, "outcome": "created"},
+    )
+    db.session.commit()
+    return user
+
+
+def _active_admins() -> int:
+    return db.session.scalar(
+        sa.select(sa.func.count())
+        .select_from(User)
+        .where(User.role == Role.ADMIN.value, User.active.is_(True))
+    )
+
+
+def set_role(*, user: User, role: str | Role, actor: User | None) -> None:
+    """Change a user's role; the last active admin keeps theirs."""
+    new_role = _parse_role(role)
+    old_role = user.role
+    if old_role == new_role.value:
+        return
+    if old_role == Role.ADMIN.value and user.active and _active_admins() <= 1:
+        raise UserError(f"{user.username} is the last active admin and must stay an admin.")
+    user.role = new_role.value
+    audit.record(
+        action="user.role_changed",
+        actor=actor,
+        details={"user": user.username, "from": old_role, "to": new_role.value},
+    )
+    db.session.commit()
+
+
+def deactivate(*, user: User, actor: User | None) -> None:
+    """Deactivate a user; their sessions stop working at once."""
+    if not user.active:
+        return
+    if user.role == Role.ADMIN.value and _active_admins() <= 1:
+        raise UserError(f"{user.username} is the last active admin and cannot be deactivated.")
+    user.active = False
+    user.session_token = new_session_token()
+    audit.record(action="user.deactivated", actor=actor, details={"user": user.username})
+    db.session.commit()
+
+
+def sign_out_everywhere(*, user: User, actor: User | None) -> None:
+    """End every session of `user` by rotating their session token."""
+    user.session_token = new_session_token()
+    audit.record(action="user.signed_out_everywhere", actor=actor, details={"user": user.username})
+    db.session.commit()
+
+
+def change_password(*, user: User, current_password: str, new_password: str) -> None:
+    """Change a user's own password after checking the current one; other sessions end."""
+    if not _verify(user.password_hash, current_password):
+        raise UserError("The current password is not right.")
+    _check_password_rules(new_password)
+    user.password_hash = _hasher.hash(new_password)
+    user.session_token = new_session_token()
+    audit.record(action="user.password_changed", actor=user, details={"user": user.username})
+    db.session.commit()
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def authenticate(
+    *, username: str, password: str, remote_addr: str, policy: ThrottlePolicy | None = None
+) -> User:
+    """Return the user for these credentials; throttle repeated failures and audit every try."""
+    policy = policy or ThrottlePolicy()
+    username = username.strip()[:80]
+    now = datetime.now(UTC)
+    since = now - policy.window
+    # The throttle is checked before the password, so a correct guess during cool-down fails too.
+    checks = (
+        (LoginFailure.username == username, policy.per_user_and_address, "for this username"),
+        (sa.true(), policy.per_address, "from this address"),
+    )
+    for condition, limit, scope in checks:
+        failures = _failure_times(since=since, condition=condition, remote_addr=remote_addr)
+        if len(failures) >= limit:
+            # Locked until the limit-th newest failure leaves the window.
+            retry_after = max(1, int((failures[limit - 1] + policy.window - now).total_seconds()))
+            audit.record_alone(
+                action="login.throttled",
+                actor=None,
+                actor_name=username,
+                details={"username": username, "outcome": "refused", "failures": len(failures)},
+            )
+            raise LoginThrottled(
+                f"Too many failed sign-ins {scope}. Try again in "
+                f"{max(1, round(retry_after / 60))} minutes.",
+                retry_after=retry_after,
+            )
+
+    user = get_user(username=username)
+    if user is None or not user.active or not _verify(user.password_hash, password):
+        if user is None:
+            _verify(_DUMMY_HASH, password)
+        db.session.add(LoginFailure(username=username, remote_addr=remote_addr, at=now))
+        db.session.commit()
+        audit.record_alone(
+            action="login.failed",
+            actor=None,
+            actor_name=username,
+            details={"username": username, "outcome": "refused"},
+        )
+        raise InvalidCredentials("The username or password is not right.")
+    if _hasher.check_needs_rehash(user.password_hash):
+        user.password_hash = _hasher.hash(password)
+    audit.record(action="login", actor=user, details={"outcome": "signed in"})
+    db.session.commit()
+    return user
+
+
+def _failure_times(
+    *, since: datetime, condition: sa.ColumnElement[bool], remote_addr: str
+) -> list[datetime]:
+    """Return the times of recent failures from `remote_addr` matching `condition`, newest first."""
+    newest_first = (
+        sa.select(LoginFailure.at)
+        .where(condition, LoginFailure.remote_addr == remote_addr, LoginFailure.at >= since)
+        .order_by(LoginFailure.at.desc())
+    )
+    return [_aware(moment) for moment in db.session.scalars(newest_first)]
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; they were stored as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
