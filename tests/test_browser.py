@@ -185,7 +185,14 @@ def test_admin_creates_a_user_who_can_then_sign_in(page, browser, live_server, d
     page.get_by_role("button", name="Add user").click()
     password = page.locator("code.secret").inner_text()
     assert page.locator('tr[data-user="dana"]').count() == 1
+    # Screenshots never show a password: reload, which no longer shows it.
+    page.goto(live_server + "/users")
+    assert page.locator("code.secret").count() == 0
     page.screenshot(path=str(DOCS / "users.png"), full_page=True)
+    page.get_by_role("link", name="Audit").click()
+    page.wait_for_url("**/audit")
+    assert "user.created" in page.locator("main").inner_text()
+    page.screenshot(path=str(DOCS / "audit.png"), full_page=True)
 
     other = browser.new_context()
     try:
