@@ -32,6 +32,13 @@ class Config:
     STATUS_CONNECT_TIMEOUT = _float("DASHBOARD_CONNECT_TIMEOUT", 3.0)
     # Seconds between background status refreshes.
     STATUS_REFRESH_SECONDS = _float("DASHBOARD_REFRESH_SECONDS", 10.0)
+    # Seconds the runner waits for a target database's migration lock.
+    JOB_LOCK_WAIT_SECONDS = _float("DASHBOARD_JOB_LOCK_WAIT", 10.0)
+    # A running job's heartbeat period, and how old it may get before the job counts as dead.
+    JOB_HEARTBEAT_SECONDS = _float("DASHBOARD_JOB_HEARTBEAT", 2.0)
+    JOB_STALE_SECONDS = _float("DASHBOARD_JOB_STALE", 30.0)
+    # Supervising threads in each web process.
+    JOB_WORKERS = 4
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     REQUIRE_REAL_SECRET_KEY = False

@@ -24,6 +24,7 @@ def create_app(
     from dashboard.environments.views import bp as environments_bp
     from dashboard.extensions import db, migrate
     from dashboard.history.views import bp as history_bp
+    from dashboard.jobs import views as jobs_views
     from dashboard.users import views as users_views
 
     app = Flask(__name__, instance_relative_config=True)
@@ -44,6 +45,7 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(auth_views.bp)
     app.register_blueprint(users_views.bp)
+    app.register_blueprint(jobs_views.bp)
     app.register_blueprint(environments_bp)
     app.register_blueprint(history_bp)
     return app
@@ -69,6 +71,9 @@ def _check_config(app: Flask, config_module: Any) -> None:
     for key, variable in (
         ("STATUS_CONNECT_TIMEOUT", "DASHBOARD_CONNECT_TIMEOUT"),
         ("STATUS_REFRESH_SECONDS", "DASHBOARD_REFRESH_SECONDS"),
+        ("JOB_LOCK_WAIT_SECONDS", "DASHBOARD_JOB_LOCK_WAIT"),
+        ("JOB_HEARTBEAT_SECONDS", "DASHBOARD_JOB_HEARTBEAT"),
+        ("JOB_STALE_SECONDS", "DASHBOARD_JOB_STALE"),
     ):
         value = app.config[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

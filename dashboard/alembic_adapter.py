@@ -315,3 +315,374 @@ def run_command(
             raise MigrationFailed(redact(str(error), [url])) from error
         except sa.exc.SQLAlchemyError as error:
             raise MigrationFailed(describe_database_error(error, url)) from error
+
+
+# --- plans: resolving a target into steps, rendering one step's SQL offline ------------------
+# (Imports used only here are local to the functions below.)
+
+_RELATIVE_TARGET = re.compile(r"^[+-]\d+$")
+
+
+@dataclass(frozen=True)
+class ResolvedSteps:
+    """What an upgrade or downgrade to a target runs, in the order Alembic runs it."""
+
+    alembic_target: str
+    revision_ids: tuple[str, ...]
+    # The database's revisions before each step: offline rendering starts each step there.
+    heads_before: tuple[tuple[str, ...], ...]
+
+
+def script_signature(script_location: Path) -> tuple[Any, ...]:
+    """Describe env.py and every revision file cheaply, so a cache can notice a change."""
+    return _signature(Path(script_location))
+
+
+def resolve_steps(
+    *,
+    script_location: Path,
+    current: tuple[str, ...],
+    direction: str,
+    target: str,
+    python_path: Iterable[Path] = (),
+) -> ResolvedSteps:
+    """Resolve `target` from `current` into the revisions Alembic's upgrade/downgrade would run.
+
+    `target` is "head", a full or unique partial revision id, a relative step ("+1", "-2") or,
+    for a downgrade, "base". Raise PlanError with a readable reason when it cannot be planned.
+    """
+    from dashboard.errors import PlanError
+
+    if direction not in ("upgrade", "downgrade"):
+        raise PlanError(f"unknown direction {direction!r}: use upgrade or downgrade")
+    requested = (target or "").strip()
+    if not requested:
+        raise PlanError("name a target: head, a revision id, a relative step such as -1, or base")
+    python_path = tuple(python_path)
+    graph = load_graph(script_location, python_path)
+    current = tuple(current)
+    unknown = [revision for revision in current if revision not in graph]
+    if unknown:
+        raise PlanError(
+            f"the database is at {', '.join(unknown)}, which the script directory does not "
+            "contain (a newer release, or a deleted script?): it cannot be planned from here"
+        )
+    at = ", ".join(current) or "base"
+
+    if _RELATIVE_TARGET.match(requested):
+        steps = int(requested)
+        if steps == 0 or (steps > 0) != (direction == "upgrade"):
+            sign = "+N" if direction == "upgrade" else "-N"
+            raise PlanError(f"{requested} is not a {direction} step: use {sign}")
+        if direction == "upgrade":
+            target_id = _walk_up(graph, current, steps, requested)
+        else:
+            target_id = _walk_down(graph, current, -steps, requested)
+    elif requested in ("head", "heads"):
+        if len(graph.heads) > 1:
+            raise PlanError(
+                f"multiple heads: name one ({', '.join(sorted(graph.heads))}); the script "
+                "directory has several heads, so 'head' is ambiguous"
+            )
+        if not graph.heads:
+            raise PlanError("the script directory has no revisions")
+        target_id = graph.heads[0]
+    elif requested == "base":
+        if direction == "upgrade":
+            raise PlanError("base is below every revision: downgrade to base instead")
+        target_id = "base"
+    else:
+        target_id = _resolve_revision_id(script_location, python_path, requested)
+
+    applied = graph.ancestors(current)
+    if direction == "upgrade":
+        if target_id in current:
+            return ResolvedSteps(alembic_target=target_id, revision_ids=(), heads_before=())
+        if target_id in applied:
+            raise PlanError(
+                f"{target_id} is below the current revision ({at}): upgrading to it would be "
+                "a downgrade"
+            )
+    elif target_id == "base":
+        if not current:
+            raise PlanError("the database is at base already: there is nothing to downgrade")
+    elif target_id not in applied or target_id in current:
+        raise PlanError(
+            f"{target_id} is not below the current revision ({at}): a downgrade target must be "
+            "an applied revision below it, a relative step such as -1, or base"
+        )
+
+    revision_ids = _alembic_steps(script_location, python_path, direction, target_id, current)
+    if direction == "downgrade" and not revision_ids:
+        raise PlanError(f"{target_id} is not below the current revision ({at})")
+    heads = current
+    heads_before = []
+    for revision_id in revision_ids:
+        heads_before.append(heads)
+        heads = _heads_after(graph, heads, revision_id, direction)
+    if _RELATIVE_TARGET.match(requested) and len(revision_ids) != abs(int(requested)):
+        # Our walk and Alembic disagree about this history; refuse rather than guess.
+        raise PlanError(
+            f"{requested} from {at} would run {len(revision_ids)} revisions "
+            f"({', '.join(revision_ids)}): name the target revision instead"
+        )
+    return ResolvedSteps(
+        alembic_target=target_id,
+        revision_ids=tuple(revision_ids),
+        heads_before=tuple(heads_before),
+    )
+
+
+def _resolve_revision_id(script_location: Path, python_path: tuple[Path, ...], text: str) -> str:
+    """Return the full id for a full or unique partial revision id (or a branch label)."""
+    from alembic.script.revision import MultipleHeads, RevisionError
+
+    from dashboard.errors import PlanError
+
+    with _on_sys_path(python_path):
+        script = _script_directory(script_location)
+        # The revision map, not ScriptDirectory.get_revision: that one turns "several
+        # revisions start with …" into a bare "can't locate revision".
+        try:
+            revision = script.revision_map.get_revision(text)
+        except MultipleHeads as error:
+            raise PlanError(
+                f"{text!r} names several heads ({', '.join(error.heads)}): name one"
+            ) from error
+        except RevisionError as error:
+            message = str(error)
+            if message.startswith("Multiple revisions start with"):
+                raise PlanError(f"the prefix {text!r} is ambiguous: {message}") from error
+            raise PlanError(f"unknown revision {text!r}: {message}") from error
+    if revision is None:
+        raise PlanError(f"unknown revision {text!r}")
+    return revision.revision
+
+
+def _script_directory(script_location: Path) -> ScriptDirectory:
+    config = Config()
+    config.set_main_option("script_location", str(script_location).replace("%", "%%"))
+    return ScriptDirectory.from_config(config)
+
+
+def _alembic_steps(
+    script_location: Path,
+    python_path: tuple[Path, ...],
+    direction: str,
+    target_id: str,
+    current: tuple[str, ...],
+) -> list[str]:
+    """Ask Alembic which revisions command.upgrade/downgrade(target) runs from `current`.
+
+    These are the (underscored) functions alembic.command itself calls, so the plan lists
+    exactly what the runner will execute, in the same order.
+    """
+    from alembic.script.revision import RevisionError
+
+    from dashboard.errors import PlanError
+
+    with _on_sys_path(python_path):
+        script = _script_directory(script_location)
+        try:
+            if direction == "upgrade":
+                steps = script._upgrade_revs(target_id, current)
+            else:
+                steps = script._downgrade_revs(target_id, current)
+        except (CommandError, RevisionError) as error:
+            raise PlanError(f"cannot {direction} to {target_id}: {error}") from error
+    return [step.revision.revision for step in steps]
+
+
+def _minimal_heads(graph: RevisionGraph, revisions: set[str]) -> tuple[str, ...]:
+    """Drop every revision that is below another one of the set."""
+    return tuple(
+        sorted(
+            revision
+            for revision in revisions
+            if not any(
+                other != revision and revision in graph.ancestors([other]) for other in revisions
+            )
+        )
+    )
+
+
+def _heads_after(
+    graph: RevisionGraph, heads: tuple[str, ...], revision_id: str, direction: str
+) -> tuple[str, ...]:
+    """The database's revisions after one step, as Alembic's version table would hold them."""
+    revision = graph.get(revision_id)
+    assert revision is not None
+    if direction == "upgrade":
+        return _minimal_heads(graph, (set(heads) - set(revision.down_revisions)) | {revision_id})
+    return _minimal_heads(graph, (set(heads) - {revision_id}) | set(revision.down_revisions))
+
+
+def _walk_up(graph: RevisionGraph, current: tuple[str, ...], count: int, requested: str) -> str:
+    """Follow `count` single upgrade steps; refuse at a branch point or a merge."""
+    from dashboard.errors import PlanError
+
+    start = ", ".join(current) or "base"
+    position = set(current)
+    applied = graph.ancestors(current)
+    reached = ""
+    for done in range(count):
+        if position:
+            children = {child for rid in position for child in graph.get(rid).next_revisions}
+        else:
+            children = {revision.id for revision in graph.revisions if revision.is_base}
+        children -= applied
+        where = ", ".join(sorted(position)) or "base"
+        if not children:
+            raise PlanError(
+                f"{requested} goes past the head: only {done} revision(s) above {start}"
+            )
+        if len(children) > 1:
+            raise PlanError(
+                f"{requested} is ambiguous: the history branches above {where}; name the target "
+                f"revision instead (candidates: {', '.join(sorted(children))})"
+            )
+        (child,) = children
+        missing = [rid for rid in graph.get(child).down_revisions if rid not in applied]
+        if missing:
+            raise PlanError(
+                f"{requested} crosses the merge {child}, which also needs "
+                f"{', '.join(missing)}: name the target revision instead "
+                f"(candidates: {', '.join([child, *missing])})"
+            )
+        applied.add(child)
+        position = set(_heads_after(graph, tuple(position), child, "upgrade"))
+        reached = child
+    return reached
+
+
+def _walk_down(graph: RevisionGraph, current: tuple[str, ...], count: int, requested: str) -> str:
+    """Follow `count` single downgrade steps; refuse where the walk would cross a merge.
+
+    Undoing a merge revision itself is unambiguous (its parents remain), so `-1` from a merge
+    is allowed; a further step would have to pick one of the parents, and is refused.
+    """
+    from dashboard.errors import PlanError
+
+    position = tuple(sorted(current))
+    crossed: str | None = None
+    undone_parents: tuple[str, ...] = ()
+    for done in range(count):
+        if not position:
+            raise PlanError(
+                f"{requested} goes below base: only {done} revision(s) are applied "
+                f"(downgrade to base to undo them all)"
+            )
+        if len(position) > 1:
+            if crossed is not None:
+                raise PlanError(
+                    f"{requested} crosses the merge {crossed}: below it the history splits into "
+                    f"{', '.join(position)}; name the target revision instead "
+                    f"(candidates: {', '.join(position)})"
+                )
+            raise PlanError(
+                f"{requested} is ambiguous: the database is at several revisions "
+                f"({', '.join(position)}); name the target revision instead "
+                f"(candidates: {', '.join(position)})"
+            )
+        (revision_id,) = position
+        revision = graph.get(revision_id)
+        assert revision is not None
+        if revision.is_merge_point:
+            crossed = revision_id
+        position = _heads_after(graph, position, revision_id, "downgrade")
+        undone_parents = revision.down_revisions
+    if not position:
+        return "base"
+    if len(position) == 1:
+        return position[0]
+    # After undoing a merge: downgrading to any one of its parents undoes exactly the merge.
+    return undone_parents[0]
+
+
+def _offline_failure_reason(error: BaseException, script_path: Path, url: URL) -> str:
+    """Name, in a few words, why a step cannot be rendered without a database."""
+    import traceback
+
+    text = " ".join(str(error).split())
+    if isinstance(error, CommandError) and "batch mode with dialect" in text:
+        table = re.search(r'reflect the table "([^"]+)"', text)
+        dialect = {"sqlite": "SQLite"}.get(url.get_backend_name(), url.get_backend_name())
+        on_table = f" of {table.group(1)}" if table else ""
+        return f"{dialect} batch operation needs a live database (table recreate{on_table})"
+    in_script = any(
+        Path(frame.filename) == script_path for frame in traceback.extract_tb(error.__traceback__)
+    )
+    try:
+        source = script_path.read_text(encoding="utf-8")
+    except OSError:
+        source = ""
+    if in_script and "get_bind(" in source:
+        return (
+            "the script queries the database through op.get_bind(), which has no connection "
+            f"in offline mode ({type(error).__name__}: {redact(text, [url])})"
+        )
+    return f"cannot render offline: {type(error).__name__}: {redact(text, [url])}"
+
+
+def render_offline_sql(
+    *,
+    script_location: Path,
+    url: URL,
+    direction: str,
+    from_revisions: tuple[str, ...],
+    revision_id: str,
+    version_table: str = "alembic_version",
+    version_table_schema: str | None = None,
+    python_path: Iterable[Path] = (),
+) -> str:
+    """Render one upgrade or downgrade step as SQL for `url`'s dialect, without connecting.
+
+    The step starts from `from_revisions` (the version table's rows before it), so a merge or
+    a new branch renders the same version-table statements a real run would. Run this in a
+    child process: it executes the managed app's env.py. Raise OfflineRenderError with a
+    short reason when the step needs a live database.
+    """
+    import io
+
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.runtime.migration import MigrationStep
+
+    from dashboard.errors import OfflineRenderError
+
+    script_location = Path(script_location)
+    sql_output = io.StringIO()
+    config = _alembic_config(script_location, url, stdout=io.StringIO())
+    config.output_buffer = sql_output
+    app = _flask_migrate_app(script_location, url, version_table, version_table_schema)
+    with _on_sys_path(python_path), app.app_context():
+        script = ScriptDirectory.from_config(config)
+        try:
+            revision = script.get_revision(revision_id)
+        except CommandError as error:
+            raise OfflineRenderError(f"unknown revision {revision_id}: {error}") from error
+        if revision is None:
+            raise OfflineRenderError(f"unknown revision {revision_id}")
+        upgrading = direction == "upgrade"
+        parents = to_tuple(revision.down_revision, default=())
+        destination = revision.revision if upgrading else (parents[0] if parents else "base")
+
+        def one_step(heads: Any, context: Any) -> list[Any]:
+            if upgrading:
+                return [MigrationStep.upgrade_from_script(script.revision_map, revision)]
+            return [MigrationStep.downgrade_from_script(script.revision_map, revision)]
+
+        try:
+            with EnvironmentContext(
+                config,
+                script,
+                fn=one_step,
+                as_sql=True,
+                starting_rev=list(from_revisions) or None,
+                destination_rev=destination,
+            ):
+                script.run_env()
+        # The step's own code runs here; whatever it raises says why it needs a database.
+        except Exception as error:
+            reason = _offline_failure_reason(error, Path(revision.path), url)
+            raise OfflineRenderError(reason) from error
+    return sql_output.getvalue()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import sys
 from datetime import UTC, datetime
 
@@ -177,6 +179,78 @@ def deactivate_command(username: str) -> None:
         db.session.rollback()
         raise _fail(error) from error
     click.echo(f"{username} is deactivated.")
+
+
+def _cli_actor() -> str:
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return f"cli:{name}"
+
+
+def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
+    from dashboard.jobs import service as jobs
+
+    try:
+        job = jobs.request_job(
+            environment_name=environment,
+            operation=operation,
+            target=target,
+            actor=None,
+            actor_name=_cli_actor(),
+            submit=False,
+        )
+    except DashboardError as error:
+        db.session.rollback()
+        raise _fail(error) from error
+    click.echo(f"job #{job.id}: {operation} {environment} to {target}")
+    finished = jobs.run_job(job_id=job.id, on_line=click.echo)
+    click.echo(f"job #{finished.id} {finished.state}; now at {finished.to_revisions}")
+    if finished.state != "succeeded":
+        raise click.ClickException(finished.error or f"job #{finished.id} {finished.state}")
+
+
+@dashboard_cli.command("upgrade")
+@click.argument("environment")
+@click.option("--target", default="head", show_default=True, help="A revision, head or +N.")
+def upgrade_command(environment: str, target: str) -> None:
+    """Upgrade an environment through the job service (same rules, lock and audit as the web)."""
+    _run_job_from_cli(environment, "upgrade", target)
+
+
+@dashboard_cli.command("downgrade")
+@click.argument("environment")
+@click.option("--target", required=True, help="A revision, -N or base.")
+def downgrade_command(environment: str, target: str) -> None:
+    """Downgrade an environment through the job service."""
+    _run_job_from_cli(environment, "downgrade", target)
+
+
+@dashboard_cli.command("stamp")
+@click.argument("environment")
+@click.argument("revision")
+def stamp_command(environment: str, revision: str) -> None:
+    """Record REVISION in the version table without running scripts (recovery)."""
+    _run_job_from_cli(environment, "stamp", revision)
+
+
+@dashboard_cli.command("jobs")
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.option("--environment", default=None, help="Only this environment's jobs.")
+def jobs_command(as_json: bool, environment: str | None) -> None:
+    """List recent jobs, newest first."""
+    from dashboard.jobs import service as jobs
+
+    recent = jobs.list_jobs(environment=environment, limit=50)
+    if as_json:
+        click.echo(json.dumps([job.describe() for job in recent], indent=2))
+        return
+    for job in recent:
+        click.echo(
+            f"#{job.id:<5} {job.environment:<12} {job.operation:<9} {job.requested_target:<14} "
+            f"{job.state:<11} {job.requested_by}  {job.created_at:%Y-%m-%d %H:%M:%S}"
+        )
 
 
 @dashboard_cli.command("demo")

@@ -45,3 +45,19 @@ class LoginThrottled(DashboardError):
 
 class UserError(DashboardError):
     """A user-management request that cannot be done as asked (bad name, last admin, …)."""
+
+
+class JobRefused(DashboardError):
+    """A job cannot be started as asked (a rule, a stale plan, nothing to do)."""
+
+
+class JobAlreadyRunning(JobRefused):
+    """The environment already has a queued or running job."""
+
+
+class PlanError(DashboardError):
+    """A plan cannot be made: the target is unknown, ambiguous or in the wrong direction."""
+
+
+class OfflineRenderError(DashboardError):
+    """One migration step cannot be rendered as SQL without a live database."""

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from dashboard.audit.models import AuditCheckpoint, AuditEvent
 from dashboard.extensions import db
+from dashboard.jobs.models import ActiveJob, Job, JobLogLine
 from dashboard.users.models import LoginFailure, Role, User
 
-__all__ = ["AuditCheckpoint", "AuditEvent", "LoginFailure", "Role", "User", "db"]
+__all__ = [
+    "ActiveJob",
+    "AuditCheckpoint",
+    "AuditEvent",
+    "Job",
+    "JobLogLine",
+    "LoginFailure",
+    "Role",
+    "User",
+    "db",
+]

@@ -11,8 +11,10 @@ config = context.config
 
 # Interpret the config file for Python logging.
 # This line sets up loggers basically.
-# Keep the loggers the running app already has (the demo command upgrades in-process).
-fileConfig(config.config_file_name, disable_existing_loggers=False)
+# The CLI gets Alembic's progress lines; a test process keeps its own logging as it is, and
+# existing loggers stay enabled (the demo command upgrades in-process).
+if not current_app.testing:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 logger = logging.getLogger('alembic.env')
 
 

@@ -517,3 +517,33 @@ def audit_app(audit_store: URL, demo_environments: Path):
     yield app
     with app.app_context():
         db.engine.dispose()
+
+
+def app_for_tree(folder: Path, tree: ScriptTree, environments: dict[str, URL | str], **config):
+    """The dashboard on `tree` with one environment per URL (a dict of extra keys per name allowed
+    through `ENV_EXTRA`), its store upgraded, and a `runner` for CLI calls."""
+    extra: dict[str, dict[str, object]] = config.pop("ENV_EXTRA", {})
+    lines = [f"migrations: {tree.path}", "environments:"]
+    for name, url in environments.items():
+        rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+        lines += [f"  - name: {name}", f"    url: {rendered}"]
+        if rendered.startswith("sqlite:///") and not rendered.startswith("sqlite:////"):
+            (folder / rendered.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rendered.removeprefix("sqlite:///")).touch()  # an empty database
+        lines += [f"    {key}: {json.dumps(value)}" for key, value in extra.get(name, {}).items()]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "environments.yaml").write_text("\n".join(lines) + "\n")
+    app = make_app(folder, **config)
+    upgrade_store(app)
+    return app
+
+
+@pytest.fixture
+def merge_script_tree(script_tree: ScriptTree) -> ScriptTree:
+    """a1 → (b2 | c3) → m4 (merge) → d5: a branch point, two branches and a merge."""
+    script_tree.add_table("a1", None, "ta")
+    script_tree.add_table("b2", "a1", "tb")
+    script_tree.add_table("c3", "a1", "tc")
+    script_tree.add("m4", ("b2", "c3"), "merge b2 and c3")
+    script_tree.add_table("d5", "m4", "td")
+    return script_tree

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from dashboard.audit.models import AuditEvent
 from dashboard.extensions import db
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
+from dashboard.jobs.models import Job
 from dashboard.users import service as users
 from dashboard.users.models import LoginFailure, User
 from tests.conftest import TEST_PASSWORD, Auth, add_user
@@ -51,6 +52,12 @@ MATRIX = {
     ("users.change_role", "POST"): ADMIN_ACTION,
     ("users.deactivate", "POST"): ADMIN_ACTION,
     ("users.sign_out_everywhere", "POST"): ADMIN_ACTION,
+    ("jobs.index", "GET"): VIEWER_PAGE,
+    ("jobs.job", "GET"): VIEWER_PAGE,
+    ("jobs.live", "GET"): outcome(302, 286),  # the job has ended: polling stops
+    ("jobs.plan", "GET"): VIEWER_PAGE,
+    ("jobs.start", "POST"): outcome(302, 403, 409),  # dev is at head: nothing to do
+    ("jobs.cancel", "POST"): outcome(302, 403, 409),  # only a queued job can be cancelled
     ("health.healthz", "GET"): outcome(200, 200),
     ("static", "GET"): outcome(200, 200),
 }
@@ -58,11 +65,13 @@ FORM_DATA = {
     "users.create": {"username": "newcomer", "role": "viewer"},
     "users.change_role": {"role": "operator"},
     "auth.login": {"username": "nobody", "password": "wrong-password"},
+    "jobs.start": {"operation": "upgrade", "target": "head"},
 }
 
 
-def _url_for(rule, target_user_id: int) -> str:
+def _url_for(rule, target_user_id: int, job_id: int = 0) -> str:
     values = {
+        "job_id": str(job_id),
         "name": "dev",
         "revision_id": HEAD,
         "user_id": str(target_user_id),
@@ -81,6 +90,18 @@ def test_authorization_matrix_covers_every_route_and_role(demo_app, demo_passwor
     # GET on a POST-only route answers 405; the matrix lists those it checks explicitly.
     assert listed <= set(MATRIX), f"routes without an entry: {sorted(listed - set(MATRIX))}"
     rule_of = {rule.endpoint: rule for rule in demo_app.url_map.iter_rules()}
+    with demo_app.app_context():
+        finished = Job(
+            environment="dev",
+            operation="upgrade",
+            requested_target="head",
+            alembic_target=HEAD,
+            requested_by="operator",
+            state="succeeded",
+        )
+        db.session.add(finished)
+        db.session.commit()
+        job_id = finished.id
 
     mismatches = []
     for (endpoint, method), expected in MATRIX.items():
@@ -96,7 +117,7 @@ def test_authorization_matrix_covers_every_route_and_role(demo_app, demo_passwor
             token = (
                 auth.csrf_token("/login") if role == "anonymous" else auth.csrf_token("/account")
             )
-            url = _url_for(rule, target)
+            url = _url_for(rule, target, job_id)
             if method == "GET":
                 response = client.get(url)
             else:

@@ -201,3 +201,32 @@ def test_admin_creates_a_user_who_can_then_sign_in(page, browser, live_server, d
         assert "dana" in tab.locator(".who").inner_text()
     finally:
         other.close()
+
+
+def test_operator_upgrades_staging_and_watches_the_log(page, live_server, demo_passwords):
+    sign_in(page, live_server, "operator", demo_passwords["operator"])
+    page.get_by_role("link", name="staging").click()
+    page.wait_for_url("**/environments/staging")
+    # The plan (loaded by htmx) lists the two pending steps before the button.
+    page.locator("#plan li.step").first.wait_for()
+    assert page.locator("#plan li.step").count() == 2
+    page.screenshot(path=str(DOCS / "plan.png"), full_page=True)
+
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Run upgrade to head").click()
+    page.wait_for_url("**/jobs/*")
+    page.locator('#job-live[data-state="succeeded"]').wait_for(timeout=30_000)
+    log = page.locator("#job-log").inner_text()
+    assert "Running upgrade 7ca9ba531bc0 -> a86d1732ddb4" in log
+    assert "ALTER TABLE orders ADD COLUMN status" in log or "orders" in log
+    page.screenshot(path=str(DOCS / "job.png"), full_page=True)
+
+    page.get_by_role("link", name="Overview").click()
+    page.get_by_role("button", name="Refresh").click()
+    page.locator('tr[data-env="staging"][data-status="up_to_date"]').wait_for()
+
+    page.get_by_role("link", name="Audit").click()
+    text = page.locator("main").inner_text()
+    for action in ("job.requested", "job.started", "job.succeeded"):
+        assert action in text
+    assert page.console_errors == []

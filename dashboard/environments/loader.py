@@ -35,6 +35,8 @@ ENVIRONMENT_KEYS = {
     "version_table",
     "version_table_schema",
     "python_path",
+    "lock_timeout",
+    "statement_timeout",
 }
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 VARIABLE_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -56,6 +58,9 @@ class Environment:
     version_table_schema: str | None
     python_path: tuple[Path, ...]
     line: int
+    # Seconds a migration statement may wait for a table lock / run, where the database has it.
+    lock_timeout: float | None = None
+    statement_timeout: float | None = None
 
     @property
     def is_configured(self) -> bool:
@@ -318,6 +323,14 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
             if "python_path" in entries
             else ()
         )
+        timeouts: dict[str, float | None] = {}
+        for key in ("lock_timeout", "statement_timeout"):
+            timeouts[key] = None
+            if key in entries:
+                value = reader.scalar(entries[key][1], f"{where}.{key}", (int, float), "seconds")
+                if isinstance(value, bool) or value <= 0:
+                    raise reader.fail(entries[key][1], f"{where}.{key}", "expected seconds > 0")
+                timeouts[key] = float(value)
         environments.append(
             Environment(
                 name=env_name,
@@ -332,6 +345,7 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
                 version_table_schema=version_table_schema,
                 python_path=python_path,
                 line=node.start_mark.line + 1,
+                **timeouts,
             )
         )
 

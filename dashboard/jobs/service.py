@@ -1,0 +1,420 @@
+"""Jobs: request (rules, guard, audit), run under supervision, cancel, and notice dead ones."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from flask import current_app
+
+from dashboard import alembic_adapter
+from dashboard.audit import service as audit
+from dashboard.environments import get_board, get_project
+from dashboard.environments.loader import Environment
+from dashboard.errors import (
+    DashboardError,
+    EnvironmentUnreachable,
+    JobAlreadyRunning,
+    JobRefused,
+    UnknownEnvironment,
+)
+from dashboard.extensions import db
+from dashboard.jobs.locks import lock_is_free
+from dashboard.jobs.models import ActiveJob, Job, JobLogLine, JobState
+from dashboard.runner import LOCK_BUSY_EXIT, SQL_MARKER, run_in_child
+from dashboard.users.models import Role, User
+
+OPERATIONS = ("upgrade", "downgrade", "stamp")
+_DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.IGNORECASE)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _environment(name: str) -> Environment:
+    environment = get_project().get(name)
+    if environment is None:
+        raise UnknownEnvironment(f"There is no environment called “{name}”.")
+    return environment
+
+
+def get_job(*, job_id: int) -> Job | None:
+    """Return the job with this id, or None."""
+    return db.session.get(Job, job_id)
+
+
+def list_jobs(*, environment: str | None = None, limit: int = 50) -> list[Job]:
+    """Return recent jobs, newest first."""
+    query = sa.select(Job).order_by(Job.id.desc()).limit(limit)
+    if environment:
+        query = query.where(Job.environment == environment)
+    return list(db.session.scalars(query))
+
+
+def log_lines(*, job_id: int) -> list[JobLogLine]:
+    """Return a job's log and statements in the order they happened."""
+    return list(
+        db.session.scalars(
+            sa.select(JobLogLine).where(JobLogLine.job_id == job_id).order_by(JobLogLine.number)
+        )
+    )
+
+
+def active_job(*, environment: str) -> Job | None:
+    """Return the queued or running job of an environment, if any."""
+    guard = db.session.get(ActiveJob, environment)
+    return db.session.get(Job, guard.job_id) if guard else None
+
+
+def _check_rules(
+    *, environment: Environment, operation: str, actor: User | None, via_rollout: bool
+) -> None:
+    if operation not in OPERATIONS:
+        raise JobRefused(f"“{operation}” is not a job; use upgrade, downgrade or stamp.")
+    if actor is not None and not actor.has_role(Role.OPERATOR):
+        raise JobRefused("Running jobs needs the operator role or higher.")
+    if environment.protected and not via_rollout:
+        raise JobRefused(
+            f"{environment.name} is protected: changes go through an approved rollout."
+        )
+    if operation == "downgrade" and not environment.allow_downgrade:
+        raise JobRefused(f"{environment.name} does not allow downgrades (allow_downgrade: false).")
+    if environment.url is None:
+        raise JobRefused(
+            f"{environment.name} is not configured: {environment.not_configured_reason}"
+        )
+
+
+def request_job(
+    *,
+    environment_name: str,
+    operation: str,
+    target: str,
+    actor: User | None,
+    actor_name: str | None = None,
+    expected_fingerprint: str | None = None,
+    via_rollout: bool = False,
+    submit: bool = True,
+) -> Job:
+    """Check the rules, plan, queue the job (one per environment) and audit the request."""
+    environment = _environment(environment_name)
+    _check_rules(environment=environment, operation=operation, actor=actor, via_rollout=via_rollout)
+    # Plan before touching the store: on SQLite every store transaction holds its write lock.
+    project = get_project()
+    if operation == "stamp":
+        current = alembic_adapter.read_current_revisions(
+            url=environment.url,
+            version_table=environment.version_table,
+            version_table_schema=environment.version_table_schema,
+            timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
+        )
+        graph = get_board().graph()
+        if target not in ("base", "heads") and target not in graph:
+            raise JobRefused(f"Cannot stamp {target}: the script directory has no such revision.")
+        planned, alembic_target, fingerprint = [], target, None
+    else:
+        from dashboard.plans.service import build_plan
+
+        plan = build_plan(
+            project=project,
+            environment=environment,
+            direction=operation,
+            target=target,
+            timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
+        )
+        if expected_fingerprint and expected_fingerprint != plan.fingerprint:
+            raise JobRefused(
+                "The plan changed since it was shown (the environment moved or a script "
+                "changed): review the new plan and run it again."
+            )
+        if plan.is_empty:
+            raise JobRefused(f"Nothing to do: {environment.name} is already at {target}.")
+        current, planned = plan.from_revisions, plan.revision_ids
+        alembic_target, fingerprint = plan.alembic_target, plan.fingerprint
+
+    reap_stale_jobs(environment=environment.name)
+    running = active_job(environment=environment.name)
+    if running is not None:
+        raise _already_running(running)
+    name = actor.username if actor is not None else (actor_name or "cli")
+    job = Job(
+        environment=environment.name,
+        operation=operation,
+        requested_target=target,
+        alembic_target=alembic_target,
+        from_revisions=list(current),
+        planned_revisions=list(planned),
+        fingerprint=fingerprint,
+        requested_by_id=actor.id if actor is not None else None,
+        requested_by=name,
+    )
+    db.session.add(job)
+    db.session.flush()
+    db.session.add(ActiveJob(environment=environment.name, job_id=job.id))
+    try:
+        db.session.flush()
+    except sa.exc.IntegrityError:
+        db.session.rollback()
+        running = active_job(environment=environment.name)
+        raise _already_running(running) from None
+    audit.record(
+        action="job.requested",
+        actor=actor,
+        actor_name=name,
+        environment=environment.name,
+        details=_job_details(job),
+    )
+    db.session.commit()
+    if submit:
+        from dashboard.jobs.executor import get_executor
+
+        get_executor().submit(job.id)
+    return job
+
+
+def _already_running(job: Job | None) -> JobAlreadyRunning:
+    if job is None:
+        return JobAlreadyRunning("Another job on this environment was just queued: try again.")
+    started = _aware(job.started_at or job.created_at)
+    return JobAlreadyRunning(
+        f"{job.environment} already has job #{job.id} ({job.operation} to "
+        f"{job.requested_target}, {job.state}), started by {job.requested_by} at "
+        f"{started:%Y-%m-%d %H:%M:%S} UTC."
+    )
+
+
+def _job_details(job: Job, **extra: object) -> dict:
+    return {
+        "job": job.id,
+        "operation": job.operation,
+        "from": list(job.from_revisions or []),
+        "to": job.requested_target,
+        "fingerprint": job.fingerprint,
+        **extra,
+    }
+
+
+def cancel_job(*, job_id: int, actor: User | None, actor_name: str | None = None) -> Job:
+    """Cancel a job that has not started yet."""
+    job = db.session.get(Job, job_id)
+    if job is None:
+        raise JobRefused(f"There is no job #{job_id}.")
+    if actor is not None and not actor.has_role(Role.OPERATOR):
+        raise JobRefused("Cancelling jobs needs the operator role or higher.")
+    if job.state != JobState.QUEUED:
+        raise JobRefused(f"Job #{job.id} is {job.state}; only a queued job can be cancelled.")
+    job.state = JobState.CANCELLED.value
+    job.finished_at = _now()
+    _release_guard(job)
+    audit.record(
+        action="job.cancelled",
+        actor=actor,
+        actor_name=actor.username if actor else actor_name,
+        environment=job.environment,
+        details=_job_details(job, outcome="cancelled"),
+    )
+    db.session.commit()
+    return job
+
+
+def _release_guard(job: Job) -> None:
+    guard = db.session.get(ActiveJob, job.environment)
+    if guard is not None and guard.job_id == job.id:
+        db.session.delete(guard)
+
+
+def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
+    """Mark running jobs interrupted when their heartbeat is stale and their lock is free."""
+    stale_after = timedelta(seconds=current_app.config["JOB_STALE_SECONDS"])
+    query = sa.select(Job).where(Job.state == JobState.RUNNING.value)
+    if environment:
+        query = query.where(Job.environment == environment)
+    reaped = []
+    for job in db.session.scalars(query).all():
+        beat = _aware(job.heartbeat_at or job.started_at or job.created_at)
+        if beat is None or _now() - beat < stale_after:
+            continue
+        target = get_project().get(job.environment)
+        if target is not None and target.url is not None:
+            try:
+                free = lock_is_free(
+                    url=target.url,
+                    version_table=target.version_table,
+                    schema=target.version_table_schema,
+                )
+            except (DashboardError, sa.exc.SQLAlchemyError, OSError):
+                continue  # cannot tell: leave it for a later look
+            if not free:
+                continue
+        job.state = JobState.INTERRUPTED.value
+        job.finished_at = _now()
+        job.error = (
+            "The process supervising this job stopped (its heartbeat went stale) and the "
+            "database's migration lock is free: the run was interrupted. Check the environment's "
+            "revision before running again."
+        )
+        _release_guard(job)
+        audit.record(
+            action="job.interrupted",
+            actor=None,
+            actor_name="system",
+            environment=job.environment,
+            details=_job_details(job, outcome="interrupted"),
+        )
+        reaped.append(job)
+    if reaped:
+        db.session.commit()
+    return reaped
+
+
+class _Heartbeat:
+    """Keep a running job's heartbeat fresh from a thread of its own."""
+
+    def __init__(self, app, job_id: int, every: float) -> None:
+        self.app, self.job_id, self.every = app, job_id, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def _run(self) -> None:
+        with self.app.app_context():
+            while not self.stop.wait(self.every):
+                db.session.execute(
+                    sa.update(Job).where(Job.id == self.job_id).values(heartbeat_at=_now())
+                )
+                db.session.commit()
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job:
+    """Run a queued job in a supervised child process, streaming its log into the store."""
+    app = current_app._get_current_object()
+    job = db.session.get(Job, job_id)
+    if job is None or job.state != JobState.QUEUED:
+        return job
+    environment = _environment(job.environment)
+    job.state = JobState.RUNNING.value
+    job.started_at = job.heartbeat_at = _now()
+    audit.record(
+        action="job.started",
+        actor=None,
+        actor_name=job.requested_by,
+        environment=job.environment,
+        details=_job_details(job),
+    )
+    db.session.commit()
+
+    counter = {"number": 0}
+    statements: list[str] = []
+
+    def store_line(raw: str) -> None:
+        if raw.startswith(SQL_MARKER):
+            kind, text = "sql", json.loads(raw[len(SQL_MARKER) :])
+            statements.append(text)
+        else:
+            kind, text = "log", raw
+        counter["number"] += 1
+        db.session.add(
+            JobLogLine(job_id=job_id, number=counter["number"], kind=kind, text=text, at=_now())
+        )
+        db.session.commit()
+        if on_line is not None:
+            on_line(("SQL: " + text) if kind == "sql" else text)
+
+    def remember_pid(pid: int) -> None:
+        db.session.execute(sa.update(Job).where(Job.id == job_id).values(runner_pid=pid))
+        db.session.commit()
+
+    config = app.config
+    options = {
+        "lock_wait": config["JOB_LOCK_WAIT_SECONDS"],
+        "lock_timeout": environment.lock_timeout,
+        "statement_timeout": environment.statement_timeout,
+    }
+    with _Heartbeat(app, job_id, every=config["JOB_HEARTBEAT_SECONDS"]):
+        result = run_in_child(
+            environment=environment,
+            script_location=get_project().script_location,
+            operation=job.operation,
+            target=job.alembic_target,
+            on_line=store_line,
+            options=options,
+            on_start=remember_pid,
+        )
+    return _finish(job_id=job_id, result=result, environment=environment, statements=statements)
+
+
+def _finish(*, job_id: int, result, environment: Environment, statements: list[str]) -> Job:
+    db.session.expire_all()
+    job = db.session.get(Job, job_id)
+    try:
+        job.to_revisions = list(
+            alembic_adapter.read_current_revisions(
+                url=environment.url,
+                version_table=environment.version_table,
+                version_table_schema=environment.version_table_schema,
+                timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
+            )
+        )
+    except EnvironmentUnreachable as error:
+        job.to_revisions = None
+        job.error = f"could not re-read the revision afterwards: {error}"
+    job.finished_at = _now()
+    if result.succeeded:
+        job.state = JobState.SUCCEEDED.value
+        action = "job.succeeded"
+    else:
+        job.state = JobState.FAILED.value
+        action = "job.failed"
+        errors = [line for line in result.lines if line.startswith("ERROR:")]
+        reason = errors[-1].removeprefix("ERROR:").strip() if errors else ""
+        if result.returncode == LOCK_BUSY_EXIT:
+            reason = reason or "another process holds the migration lock"
+        elif not reason:
+            tail = [line for line in result.lines if not line.startswith(SQL_MARKER)][-3:]
+            reason = " ".join(tail) or f"the runner exited with code {result.returncode}"
+        ddl = [statement for statement in statements if _DDL.match(statement)]
+        if environment.dialect in ("mysql", "mariadb") and ddl:
+            job.half_applied = True
+            reason += (
+                f" — MySQL/MariaDB commits each DDL statement, so the database may be "
+                f"half-applied: {len(ddl)} DDL statement(s) ran before the failure (see the "
+                "statements in the log). Check the schema, then stamp the revision it matches."
+            )
+        job.error = reason if not job.error else f"{reason}; {job.error}"
+    _release_guard(job)
+    audit.record(
+        action=action,
+        actor=None,
+        actor_name=job.requested_by,
+        environment=job.environment,
+        details=_job_details(
+            job,
+            outcome=job.state,
+            after=job.to_revisions,
+            half_applied=job.half_applied,
+        ),
+    )
+    db.session.commit()
+    try:
+        get_board().request_refresh()
+    except RuntimeError:
+        pass
+    return job

@@ -1,0 +1,230 @@
+"""Plans: what an upgrade or downgrade of one environment would run, step by step, with its SQL.
+
+A plan resolves a target against the environment's current revisions, renders each step's
+SQL for the environment's dialect in a child process (Alembic offline mode) and carries a
+fingerprint that an approval or a job binds to.
+
+Each step renders from the revisions the database holds just before it, so a merge step
+renders from *all* its parents (Alembic deletes one version row and updates the other, as a
+real run does) and a step that opens a new branch renders as an INSERT into the version table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dashboard import alembic_adapter
+from dashboard.environments.loader import Environment, Project
+from dashboard.errors import EnvironmentNotConfigured, PlanError
+from dashboard.plans.renderer import render_in_child, without_password
+
+_CACHE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One revision the plan runs, with its SQL or why that cannot be shown beforehand."""
+
+    revision_id: str
+    message: str
+    down_revisions: tuple[str, ...]
+    path: Path
+    sql: str | None  # None when it cannot render offline
+    unrenderable_reason: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An environment, a direction and a target resolved into steps, SQL and a fingerprint."""
+
+    environment: str
+    direction: str  # "upgrade" | "downgrade"
+    requested_target: str  # as the user typed it
+    alembic_target: str  # what to pass to alembic command.upgrade/downgrade
+    from_revisions: tuple[str, ...]  # the environment's current revisions when planned
+    steps: tuple[PlanStep, ...]  # in execution order
+    fingerprint: str  # hex sha256
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def revision_ids(self) -> list[str]:
+        return [step.revision_id for step in self.steps]
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.steps
+
+    @property
+    def sql(self) -> str:
+        """Every step's SQL in execution order, each under a comment naming the step."""
+        parts = []
+        for step in self.steps:
+            title = step.message.splitlines()[0] if step.message else ""
+            header = f"-- {self.direction} {step.revision_id}: {title}".rstrip(": ")
+            if step.sql is None:
+                parts.append(f"{header}\n-- cannot render offline: {step.unrenderable_reason}\n")
+            else:
+                parts.append(f"{header}\n{step.sql.strip()}\n")
+        return "\n".join(parts)
+
+
+_plan_cache: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
+_plan_cache_lock = threading.Lock()
+
+
+def build_plan(
+    *,
+    project: Project,
+    environment: Environment,
+    direction: str,
+    target: str,
+    current: tuple[str, ...] | None = None,
+    timeout: float = 3.0,
+) -> Plan:
+    """Resolve the target against the current revision(s) and render each step's SQL."""
+    if direction not in ("upgrade", "downgrade"):
+        raise PlanError(f"unknown direction {direction!r}: use upgrade or downgrade")
+    if environment.url is None:
+        raise EnvironmentNotConfigured(
+            f"{environment.name} is not configured: {environment.not_configured_reason}"
+        )
+    if current is None:
+        current = alembic_adapter.read_current_revisions(
+            url=environment.url,
+            version_table=environment.version_table,
+            version_table_schema=environment.version_table_schema,
+            timeout=timeout,
+        )
+    current = tuple(current)
+    script_location = project.script_location
+    key = (
+        environment.name,
+        without_password(environment.url).render_as_string(hide_password=False),
+        environment.version_table,
+        environment.version_table_schema,
+        environment.python_path,
+        script_location,
+        current,
+        direction,
+        target,
+        alembic_adapter.script_signature(script_location),
+    )
+    with _plan_cache_lock:
+        cached = _plan_cache.get(key)
+        if cached is not None:
+            _plan_cache.move_to_end(key)
+            return cached
+
+    plan = _make_plan(
+        project=project,
+        environment=environment,
+        direction=direction,
+        target=target,
+        current=current,
+    )
+    with _plan_cache_lock:
+        _plan_cache[key] = plan
+        while len(_plan_cache) > _CACHE_SIZE:
+            _plan_cache.popitem(last=False)
+    return plan
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached plan."""
+    with _plan_cache_lock:
+        _plan_cache.clear()
+
+
+def _make_plan(
+    *,
+    project: Project,
+    environment: Environment,
+    direction: str,
+    target: str,
+    current: tuple[str, ...],
+) -> Plan:
+    assert environment.url is not None
+    script_location = project.script_location
+    resolved = alembic_adapter.resolve_steps(
+        script_location=script_location,
+        current=current,
+        direction=direction,
+        target=target,
+        python_path=environment.python_path,
+    )
+    rendered = render_in_child(
+        script_location=script_location,
+        url=environment.url,
+        direction=direction,
+        steps=list(zip(resolved.revision_ids, resolved.heads_before, strict=True)),
+        version_table=environment.version_table,
+        version_table_schema=environment.version_table_schema,
+        python_path=environment.python_path,
+    )
+    graph = alembic_adapter.load_graph(script_location, environment.python_path)
+    steps = []
+    for revision_id, output in zip(resolved.revision_ids, rendered, strict=True):
+        revision = graph.get(revision_id)
+        assert revision is not None and output.revision_id == revision_id
+        steps.append(
+            PlanStep(
+                revision_id=revision_id,
+                message=revision.message,
+                down_revisions=revision.down_revisions,
+                path=revision.path,
+                sql=output.sql,
+                unrenderable_reason=output.unrenderable_reason,
+            )
+        )
+    fingerprint = plan_fingerprint(
+        environment=environment.name,
+        current=current,
+        direction=direction,
+        alembic_target=resolved.alembic_target,
+        steps=steps,
+        env_py=script_location / "env.py",
+    )
+    return Plan(
+        environment=environment.name,
+        direction=direction,
+        requested_target=target,
+        alembic_target=resolved.alembic_target,
+        from_revisions=current,
+        steps=tuple(steps),
+        fingerprint=fingerprint,
+    )
+
+
+def plan_fingerprint(
+    *,
+    environment: str,
+    current: tuple[str, ...],
+    direction: str,
+    alembic_target: str,
+    steps: list[PlanStep],
+    env_py: Path,
+) -> str:
+    """Return the sha256 that binds an approval to exactly this plan."""
+    canonical = {
+        "environment": environment,
+        "current": sorted(current),
+        "direction": direction,
+        "alembic_target": alembic_target,
+        "revisions": [step.revision_id for step in steps],
+        "scripts": [_file_digest(step.path) for step in steps],
+        "env_py": _file_digest(env_py),
+        "sql": [step.sql if step.sql is not None else step.unrenderable_reason for step in steps],
+    }
+    encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    # Bytes, not text: a change in encoding or line endings is a change to what runs.
+    return hashlib.sha256(path.read_bytes()).hexdigest()
