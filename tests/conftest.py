@@ -289,28 +289,20 @@ def write_environments(folder: Path, text: str) -> Path:
 # --- the app --------------------------------------------------------------------------------
 
 
+def write_demo_environments(folder: Path) -> Path:
+    """Copy the shipped environments.yaml into `folder`, its SQLite files under folder/demo."""
+    text = (REPO / "environments.yaml").read_text()
+    text = text.replace("migrations: examples/shop/migrations", f"migrations: {DEMO_SCRIPTS}")
+    text = text.replace("sqlite:///instance/demo/", "sqlite:///demo/")
+    path = folder / "environments.yaml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture
 def demo_environments(tmp_path: Path) -> Path:
     """An environments.yaml for the demo shop with its SQLite files in a temporary folder."""
-    return write_environments(
-        tmp_path,
-        f"""
-        project: shop
-        migrations: {DEMO_SCRIPTS}
-        environments:
-          - name: dev
-            url: sqlite:///demo/dev.db
-          - name: staging
-            url: sqlite:///demo/staging.db
-            after: dev
-          - name: production
-            url: sqlite:///demo/production.db
-            after: staging
-            protected: true
-            approvals: 2
-            allow_downgrade: false
-        """,
-    )
+    return write_demo_environments(tmp_path)
 
 
 @pytest.fixture
@@ -340,25 +332,7 @@ def client(app):
 def built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo built once per run by `flask dashboard demo`: environments.yaml and databases."""
     folder = tmp_path_factory.mktemp("built-demo")
-    environments = write_environments(
-        folder,
-        f"""
-        project: shop
-        migrations: {DEMO_SCRIPTS}
-        environments:
-          - name: dev
-            url: sqlite:///demo/dev.db
-          - name: staging
-            url: sqlite:///demo/staging.db
-            after: dev
-          - name: production
-            url: sqlite:///demo/production.db
-            after: staging
-            protected: true
-            approvals: 2
-            allow_downgrade: false
-        """,
-    )
+    environments = write_demo_environments(folder)
     demo_app = create_app(
         "testing",
         {
