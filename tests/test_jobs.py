@@ -447,3 +447,57 @@ def test_a_queued_job_can_be_cancelled_and_frees_the_environment(tmp_path, scrip
         with pytest.raises(JobRefused, match="only a queued job can be cancelled"):
             jobs.cancel_job(job_id=queued.id, actor=None)
     assert run(app).state == "succeeded"
+
+
+def test_an_operator_stamps_from_the_environment_page(tmp_path, script_tree):
+    script_tree.linear(3)
+    app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
+    add_user(app, "olga", "operator")
+    client = app.test_client()
+    auth = Auth(client)
+    auth.login("olga")
+    assert "Recovery: stamp a revision" in client.get("/environments/dev").get_data(as_text=True)
+
+    started = auth.post("/environments/dev/jobs", data={"operation": "stamp", "target": "r01"})
+
+    assert started.status_code == 303
+    with app.app_context():
+        deadline = time.monotonic() + 20
+        while jobs.active_job(environment="dev") and time.monotonic() < deadline:
+            db.session.rollback()
+            time.sleep(0.1)
+        job = db.session.get(Job, 1)
+        assert (job.operation, job.state, job.to_revisions) == ("stamp", "succeeded", ["r01"])
+    assert "t0" not in table_names(sa.make_url(f"sqlite:///{tmp_path / 'site' / 'dev.db'}"))
+
+
+def test_lock_timeout_bounds_a_ddl_wait_on_postgresql(tmp_path, script_tree):
+    databases = DatabaseFactory("postgresql", tmp_path)
+    try:
+        url = databases.create()
+        script_tree.linear(1)
+        script_tree.add(
+            "r01", "r00", "alter t0", upgrade="op.add_column('t0', sa.Column('x', sa.Integer))"
+        )
+        app = app_for_tree(
+            tmp_path / "site",
+            script_tree,
+            {"dev": url},
+            ENV_EXTRA={"dev": {"lock_timeout": 1}},
+            **FAST,
+        )
+        assert run(app, target="r00").state == "succeeded"
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as blocker:
+            blocker.execute(sa.text("LOCK TABLE t0 IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            job = run(app)
+            waited = time.monotonic() - started
+            blocker.rollback()
+        engine.dispose()
+        assert job.state == "failed"
+        assert "lock timeout" in job.error
+        assert waited < 15  # bounded by lock_timeout, not by the blocker
+        assert versions(url) == ["r00"]
+    finally:
+        databases.drop_all()
