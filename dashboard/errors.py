@@ -61,3 +61,7 @@ class PlanError(DashboardError):
 
 class OfflineRenderError(DashboardError):
     """One migration step cannot be rendered as SQL without a live database."""
+
+
+class ScratchUnavailable(DashboardError):
+    """No throwaway database can be made for an environment (no shadow_url, no CREATE DATABASE)."""

@@ -23,6 +23,7 @@ from dashboard import alembic_adapter
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import EnvironmentNotConfigured, PlanError
 from dashboard.plans.renderer import render_in_child, without_password
+from dashboard.plans.warnings import plan_warnings
 
 _CACHE_SIZE = 128
 
@@ -190,6 +191,12 @@ def _make_plan(
         steps=steps,
         env_py=script_location / "env.py",
     )
+    warnings = plan_warnings(
+        steps=[(step.revision_id, step.path) for step in steps],
+        direction=direction,
+        dialect=environment.dialect,
+        heads=len(graph.heads),
+    )
     return Plan(
         environment=environment.name,
         direction=direction,
@@ -198,6 +205,7 @@ def _make_plan(
         from_revisions=current,
         steps=tuple(steps),
         fingerprint=fingerprint,
+        warnings=tuple(warnings),
     )
 
 

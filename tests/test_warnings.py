@@ -1,0 +1,102 @@
+"""Plan warnings come from the scripts' Alembic operations, not from rendered SQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from dashboard.environments import load_project
+from dashboard.plans.service import build_plan
+from dashboard.plans.warnings import script_warnings, sql_warnings
+from tests.conftest import DEMO_SCRIPTS, write_environments
+
+DROP_COLUMN = "7ca9ba531bc0"
+ADD_COLUMN = "a86d1732ddb4"
+ADD_INDEX = "b3c7cfcc6bed"
+
+
+def demo_script(revision_id: str):
+    return next((DEMO_SCRIPTS / "versions").glob(f"{revision_id}_*.py"))
+
+
+def test_the_demo_drop_column_is_destructive_and_an_add_column_is_not():
+    dropped = script_warnings(path=demo_script(DROP_COLUMN), direction="upgrade", dialect="sqlite")
+    assert dropped == ["destructive: drops column customer.legacy_username and its data"]
+    assert (
+        script_warnings(path=demo_script(ADD_COLUMN), direction="upgrade", dialect="sqlite") == []
+    )
+
+
+def test_downgrade_of_a_create_table_drops_it():
+    first = next((DEMO_SCRIPTS / "versions").glob("faa3b8d2425d_*.py"))
+    assert script_warnings(path=first, direction="downgrade", dialect="postgresql") == [
+        "destructive: drops table customer"
+    ]
+
+
+def test_index_builds_lock_the_table_on_server_databases():
+    script = demo_script(ADD_INDEX)
+    assert script_warnings(path=script, direction="upgrade", dialect="sqlite") == []
+    assert script_warnings(path=script, direction="upgrade", dialect="postgresql") == [
+        "locks table product while the index is built"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        ("DELETE FROM customer", ["deletes every row of a table (DELETE without WHERE)"]),
+        ("DELETE FROM customer WHERE id = 1", []),
+        ("TRUNCATE TABLE orders", ["truncates a table"]),
+        ("UPDATE customer SET name = 'x'", []),
+    ],
+)
+def test_raw_sql_is_parsed_not_pattern_matched(statement, expected):
+    assert sql_warnings(statement) == expected
+
+
+def test_type_change_and_raw_delete_in_a_script(script_tree):
+    script_tree.add(
+        "a1",
+        None,
+        "risky",
+        upgrade="""
+        op.alter_column('customer', 'email', type_=sa.String(20))
+        op.execute("DELETE FROM audit_trail")
+        """,
+    )
+    found = script_warnings(
+        path=script_tree.path / "versions" / "a1_rev.py", direction="upgrade", dialect="mariadb"
+    )
+    assert found == [
+        "destructive: changes the type of customer.email, which can lose data",
+        "destructive: deletes every row of a table (DELETE without WHERE)",
+    ]
+
+
+@pytest.mark.backends
+def test_the_demo_plan_warns_on_every_backend(tmp_path, database_url, backend):
+    project = load_project(
+        write_environments(
+            tmp_path,
+            f"""
+            migrations: {DEMO_SCRIPTS}
+            environments:
+              - name: target
+                url: {database_url.render_as_string(hide_password=False)}
+            """,
+        ),
+        environ={},
+    )
+    plan = build_plan(
+        project=project,
+        environment=project.get("target"),
+        direction="upgrade",
+        target="head",
+        current=("8f60afaad46c",),
+    )
+    assert f"{DROP_COLUMN}: destructive: drops column customer.legacy_username and its data" in (
+        plan.warnings
+    )
+    assert not any(warning.startswith(ADD_COLUMN) for warning in plan.warnings)
+    half_applied = any("not transactional" in warning for warning in plan.warnings)
+    assert half_applied == (backend == "mariadb")
