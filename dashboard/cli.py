@@ -253,6 +253,79 @@ def jobs_command(as_json: bool, environment: str | None) -> None:
         )
 
 
+def _print_changes(diff) -> None:
+    if diff.is_empty:
+        click.echo("  (no schema changes)")
+    for change in diff.changes:
+        detail = f" — {change.detail}" if change.detail else ""
+        click.echo(f"  {change.action:<8} {change.kind:<12} {change.table}.{change.name}{detail}")
+
+
+@dashboard_cli.command("diff")
+@click.argument("environment")
+@click.option("--target", default="head", show_default=True, help="The revision to upgrade to.")
+def diff_command(environment: str, target: str) -> None:
+    """Print what an upgrade would run: steps, SQL, warnings and the schema diff."""
+    from dashboard.plans.service import build_plan
+    from dashboard.schema import diff_revisions
+
+    project = get_project()
+    env = project.get(environment)
+    if env is None:
+        raise click.ClickException(f"There is no environment called {environment!r}.")
+    try:
+        plan = build_plan(project=project, environment=env, direction="upgrade", target=target)
+        click.echo(
+            f"{env.name}: upgrade to {target}, {len(plan.steps)} step(s), "
+            f"fingerprint {plan.fingerprint}"
+        )
+        click.echo(plan.sql)
+        click.echo("warnings:" if plan.warnings else "warnings: none")
+        for warning in plan.warnings:
+            click.echo(f"  {warning}")
+        if not plan.is_empty:
+            click.echo("schema diff:")
+            _print_changes(
+                diff_revisions(
+                    project=project,
+                    environment=env,
+                    from_revision=plan.from_revisions or "base",
+                    to_revision=plan.revision_ids[-1],
+                )
+            )
+    except DashboardError as error:
+        raise _fail(error) from error
+
+
+@dashboard_cli.command("drift")
+@click.argument("environment", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per environment.")
+def drift_command(environment: str | None, as_json: bool) -> None:
+    """Compare live schemas with their recorded revisions; exit 1 when drift is found."""
+    from dashboard.schema import drift
+
+    project = get_project()
+    names = [environment] if environment else project.names
+    reports = []
+    for name in names:
+        env = project.get(name)
+        if env is None:
+            raise click.ClickException(f"There is no environment called {name!r}.")
+        reports.append(drift(project=project, environment=env))
+    if as_json:
+        click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
+    else:
+        for report in reports:
+            click.echo(
+                f"{report.environment}: {report.status}"
+                + (f" ({report.reason})" if report.reason else "")
+            )
+            if report.differences is not None and not report.differences.is_empty:
+                _print_changes(report.differences)
+    if any(report.status == "drift" for report in reports):
+        sys.exit(1)
+
+
 @dashboard_cli.command("demo")
 def demo_command() -> None:
     """Create or reset the demo: the dashboard's store and three SQLite environments."""

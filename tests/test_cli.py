@@ -125,3 +125,32 @@ def test_status_reports_a_broken_environments_file_clearly(tmp_path):
         result_error = error
     assert type(result_error).__name__ == "ConfigurationError"
     assert f"{Path(environments)}, line 2" in str(result_error)
+
+
+def test_diff_prints_the_plan_warnings_and_schema_diff(demo_app):
+    result = demo_app.test_cli_runner().invoke(args=["dashboard", "diff", "production"])
+
+    assert result.exit_code == 0, result.output
+    assert "production: upgrade to head, 5 step(s), fingerprint" in result.output
+    assert "7ca9ba531bc0: destructive: drops column customer.legacy_username" in result.output
+    assert "cannot render offline" in result.output  # the data migration on SQLite
+    schema = result.output.split("schema diff:")[1]
+    assert "dropped" in schema and "customer.legacy_username" in schema
+    assert "added" in schema and "orders.status" in schema
+
+
+def test_drift_exits_non_zero_only_when_a_schema_drifted(demo_app, demo_folder):
+    runner = demo_app.test_cli_runner()
+    clean = runner.invoke(args=["dashboard", "drift", "--json"])
+    assert clean.exit_code == 0, clean.output
+    assert [report["status"] for report in json.loads(clean.output)] == ["none"] * 3
+
+    staging = sa.create_engine(f"sqlite:///{demo_folder / 'demo' / 'staging.db'}")
+    with staging.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE customer ADD COLUMN nickname VARCHAR(40)"))
+    staging.dispose()
+
+    drifted = runner.invoke(args=["dashboard", "drift", "staging"])
+    assert drifted.exit_code == 1
+    assert "staging: drift" in drifted.output
+    assert "customer.nickname" in drifted.output
