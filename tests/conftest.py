@@ -521,3 +521,17 @@ def merge_script_tree(script_tree: ScriptTree) -> ScriptTree:
     script_tree.add("m4", ("b2", "c3"), "merge b2 and c3")
     script_tree.add_table("d5", "m4", "td")
     return script_tree
+
+
+def project_for(
+    folder: Path, scripts: ScriptTree | Path, urls: dict[str, URL | str], extra: str = ""
+):
+    """Write an environments.yaml for a script directory, one environment per URL, and load it."""
+    from dashboard.environments import load_project
+
+    location = scripts.path if isinstance(scripts, ScriptTree) else scripts
+    lines = [f"migrations: {location}", extra, "environments:"]
+    for name, url in urls.items():
+        rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+        lines += [f"  - name: {name}", f"    url: {rendered}"]
+    return load_project(write_environments(folder, "\n".join(lines) + "\n"), environ={})

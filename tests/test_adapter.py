@@ -9,19 +9,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from dashboard import alembic_adapter
-from dashboard.environments import load_project
 from dashboard.environments.status import Status, read_all, read_status
 from dashboard.errors import EnvironmentUnreachable, ScriptDirectoryError
 from dashboard.runner import run_in_child
-from tests.conftest import DatabaseFactory, execute, table_names, write_environments
-
-
-def project_for(tmp_path, tree, urls: dict[str, str], extra: str = ""):
-    """Write an environments.yaml for `tree` with one environment per URL and load it."""
-    lines = [f"migrations: {tree.path}", extra, "environments:"]
-    for name, url in urls.items():
-        lines += [f"  - name: {name}", f"    url: {url!s}"]
-    return load_project(write_environments(tmp_path, "\n".join(lines) + "\n"), environ={})
+from tests.conftest import DatabaseFactory, execute, project_for, table_names
 
 
 def render(url) -> str:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from dashboard import alembic_adapter
-from dashboard.environments import load_project
 from dashboard.environments.status import Status, read_status
 from dashboard.runner import run_in_child
-from tests.conftest import DEMO_SCRIPTS, execute, table_names, write_environments
+from tests.conftest import DEMO_SCRIPTS, execute, project_for, table_names
 
 BEFORE_BACKFILL = "4add470122e6"
 
@@ -33,18 +32,7 @@ def test_demo_history_has_a_branch_a_merge_and_one_head():
 
 
 def test_demo_scripts_upgrade_with_data_and_downgrade_on_every_backend(tmp_path, database_url):
-    project = load_project(
-        write_environments(
-            tmp_path,
-            f"""
-            migrations: {DEMO_SCRIPTS}
-            environments:
-              - name: target
-                url: {database_url.render_as_string(hide_password=False)}
-            """,
-        ),
-        environ={},
-    )
+    project = project_for(tmp_path, DEMO_SCRIPTS, {"target": database_url})
     run(project, "upgrade", BEFORE_BACKFILL)
     execute(
         database_url,

@@ -51,6 +51,30 @@ def run(app, environment="dev", operation="upgrade", target="head", actor=None):
         return finished
 
 
+def operator_client(app):
+    """A client signed in as a new operator, and its Auth helper."""
+    add_user(app, "olga", "operator")
+    client = app.test_client()
+    auth = Auth(client)
+    auth.login("olga")
+    return client, auth
+
+
+def shown_fingerprint(client, environment: str = "dev") -> str:
+    """The plan fingerprint the Run form carries, as the page shows it."""
+    page = client.get(f"/environments/{environment}/plan").get_data(as_text=True)
+    return page.split('name="fingerprint" value="')[1].split('"')[0]
+
+
+def wait_until_idle(app, environment: str = "dev", seconds: float = 20) -> None:
+    """Wait until the environment has no queued or running job."""
+    with app.app_context():
+        deadline = time.monotonic() + seconds
+        while jobs.active_job(environment=environment) and time.monotonic() < deadline:
+            db.session.rollback()  # never sit on the SQLite store's write lock while waiting
+            time.sleep(0.1)
+
+
 def versions(url) -> list[str]:
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
@@ -347,13 +371,9 @@ def test_log_streams_while_running_then_answers_286(tmp_path, script_tree):
         upgrade="print('halfway there', flush=True)\n" + SLOW.format(seconds=3),
     )
     app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
-    add_user(app, "olga", "operator")
-    client = app.test_client()
-    auth = Auth(client)
-    auth.login("olga")
+    client, auth = operator_client(app)
 
-    plan_page = client.get("/environments/dev/plan").get_data(as_text=True)
-    fingerprint = plan_page.split('name="fingerprint" value="')[1].split('"')[0]
+    fingerprint = shown_fingerprint(client)
     started = auth.post(
         "/environments/dev/jobs",
         data={"operation": "upgrade", "target": "head", "fingerprint": fingerprint},
@@ -386,20 +406,12 @@ def test_log_streams_while_running_then_answers_286(tmp_path, script_tree):
 def test_a_replayed_or_stale_run_form_is_refused(tmp_path, script_tree):
     script_tree.linear(2)
     app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
-    add_user(app, "olga", "operator")
-    client = app.test_client()
-    auth = Auth(client)
-    auth.login("olga")
-    page = client.get("/environments/dev/plan").get_data(as_text=True)
-    fingerprint = page.split('name="fingerprint" value="')[1].split('"')[0]
+    client, auth = operator_client(app)
+    fingerprint = shown_fingerprint(client)
     form = {"operation": "upgrade", "target": "head", "fingerprint": fingerprint}
 
     assert auth.post("/environments/dev/jobs", data=form).status_code == 303
-    with app.app_context():
-        deadline = time.monotonic() + 20
-        while jobs.active_job(environment="dev") and time.monotonic() < deadline:
-            db.session.rollback()  # never sit on the SQLite store's write lock while waiting
-            time.sleep(0.1)
+    wait_until_idle(app)
     replayed = auth.post("/environments/dev/jobs", data=form)
 
     assert replayed.status_code == 409
@@ -452,20 +464,14 @@ def test_a_queued_job_can_be_cancelled_and_frees_the_environment(tmp_path, scrip
 def test_an_operator_stamps_from_the_environment_page(tmp_path, script_tree):
     script_tree.linear(3)
     app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
-    add_user(app, "olga", "operator")
-    client = app.test_client()
-    auth = Auth(client)
-    auth.login("olga")
+    client, auth = operator_client(app)
     assert "Recovery: stamp a revision" in client.get("/environments/dev").get_data(as_text=True)
 
     started = auth.post("/environments/dev/jobs", data={"operation": "stamp", "target": "r01"})
 
     assert started.status_code == 303
+    wait_until_idle(app)
     with app.app_context():
-        deadline = time.monotonic() + 20
-        while jobs.active_job(environment="dev") and time.monotonic() < deadline:
-            db.session.rollback()
-            time.sleep(0.1)
         job = db.session.get(Job, 1)
         assert (job.operation, job.state, job.to_revisions) == ("stamp", "succeeded", ["r01"])
     assert "t0" not in table_names(sa.make_url(f"sqlite:///{tmp_path / 'site' / 'dev.db'}"))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.environments import load_project
 from dashboard.plans.service import build_plan
 from dashboard.plans.warnings import script_warnings, sql_warnings
-from tests.conftest import DEMO_SCRIPTS, write_environments
+from tests.conftest import DEMO_SCRIPTS, project_for
 
 DROP_COLUMN = "7ca9ba531bc0"
 ADD_COLUMN = "a86d1732ddb4"
@@ -75,18 +74,7 @@ def test_type_change_and_raw_delete_in_a_script(script_tree):
 
 @pytest.mark.backends
 def test_the_demo_plan_warns_on_every_backend(tmp_path, database_url, backend):
-    project = load_project(
-        write_environments(
-            tmp_path,
-            f"""
-            migrations: {DEMO_SCRIPTS}
-            environments:
-              - name: target
-                url: {database_url.render_as_string(hide_password=False)}
-            """,
-        ),
-        environ={},
-    )
+    project = project_for(tmp_path, DEMO_SCRIPTS, {"target": database_url})
     plan = build_plan(
         project=project,
         environment=project.get("target"),

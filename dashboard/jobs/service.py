@@ -413,8 +413,5 @@ def _finish(*, job_id: int, result, environment: Environment, statements: list[s
         ),
     )
     db.session.commit()
-    try:
-        get_board().request_refresh()
-    except RuntimeError:
-        pass
+    get_board().request_refresh()
     return job
