@@ -18,9 +18,11 @@ def create_app(
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
     import config as config_module
-    from dashboard import audit, cli, environments, error_pages, health, models, templating
+    from dashboard import audit, cli, drift, environments, error_pages, health, models, templating
     from dashboard.auth import security
     from dashboard.auth import views as auth_views
+    from dashboard.diffs.views import bp as diffs_bp
+    from dashboard.drift.views import bp as drift_bp
     from dashboard.environments.views import bp as environments_bp
     from dashboard.extensions import db, migrate
     from dashboard.history.views import bp as history_bp
@@ -37,6 +39,7 @@ def create_app(
     db.init_app(app)
     migrate.init_app(app, db, directory=str(STORE_MIGRATIONS))
     environments.init_app(app)
+    drift.init_app(app)
     cli.init_app(app)
     audit.init_app(app)
     templating.init_app(app)
@@ -48,6 +51,8 @@ def create_app(
     app.register_blueprint(jobs_views.bp)
     app.register_blueprint(environments_bp)
     app.register_blueprint(history_bp)
+    app.register_blueprint(diffs_bp)
+    app.register_blueprint(drift_bp)
     return app
 
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from flask import Flask, current_app
+from markupsafe import Markup
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import PythonLexer, SqlLexer
 
 from dashboard.environments.status import EnvironmentStatus, Status
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
@@ -61,6 +66,24 @@ def short(revision_id: str) -> str:
     return revision_id[:12]
 
 
+source_formatter = HtmlFormatter(cssclass="source", linenos="table", wrapcode=True)
+_sql_formatter = HtmlFormatter(cssclass="source", wrapcode=True)
+
+
+def script_source(path: Path) -> Markup:
+    """Return a migration script's source highlighted as HTML (or why it cannot be read)."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as error:
+        source = f"# cannot read {path}: {error.strerror}"
+    return Markup(highlight(source, PythonLexer(), source_formatter))
+
+
+def sql_source(sql: str) -> Markup:
+    """Return SQL highlighted as HTML."""
+    return Markup(highlight(sql, SqlLexer(), _sql_formatter))
+
+
 def htmx_script() -> dict[str, str | None]:
     """Return the htmx script's URL and, for the pinned CDN copy, its SRI hash."""
     url = current_app.config["HTMX_URL"]
@@ -74,6 +97,8 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(ago)
     app.add_template_filter(short)
     app.add_template_global(htmx_script)
+    app.add_template_filter(script_source)
+    app.add_template_filter(sql_source)
     app.context_processor(
         lambda: {"project": current_app.extensions["dashboard.project"], "Role": Role}
     )

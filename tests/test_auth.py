@@ -58,6 +58,13 @@ MATRIX = {
     ("jobs.plan", "GET"): VIEWER_PAGE,
     ("jobs.start", "POST"): outcome(302, 403, 409),  # dev is at head: nothing to do
     ("jobs.cancel", "POST"): outcome(302, 403, 409),  # only a queued job can be cancelled
+    ("diffs.diff", "GET"): VIEWER_PAGE,
+    ("diffs.schema", "GET"): VIEWER_PAGE,
+    ("diffs.rehearsal", "GET"): VIEWER_PAGE,
+    ("diffs.sql_file", "GET"): VIEWER_PAGE,
+    ("drift.index", "GET"): VIEWER_PAGE,
+    ("drift.check", "POST"): outcome(302, 303),
+    ("drift.compare", "GET"): VIEWER_PAGE,
     ("health.healthz", "GET"): outcome(200, 200),
     ("static", "GET"): outcome(200, 200),
 }
@@ -66,6 +73,7 @@ FORM_DATA = {
     "users.change_role": {"role": "operator"},
     "auth.login": {"username": "nobody", "password": "wrong-password"},
     "jobs.start": {"operation": "upgrade", "target": "head"},
+    "drift.check": {"environment": "dev"},
 }
 
 

@@ -230,3 +230,35 @@ def test_operator_upgrades_staging_and_watches_the_log(page, live_server, demo_p
     for action in ("job.requested", "job.started", "job.succeeded"):
         assert action in text
     assert page.console_errors == []
+
+
+def test_production_diff_shows_warning_schema_diff_and_downloads_sql(
+    page, live_server, demo_passwords
+):
+    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
+    page.get_by_role("link", name="production").click()
+    page.wait_for_url("**/environments/production")
+    page.get_by_role("link", name="Full diff: schema changes, rehearsal, SQL file").click()
+    page.wait_for_url("**/environments/production/diff?**")
+
+    warning = page.locator("#warnings .warning", has_text="drops column customer.legacy_username")
+    assert warning.count() == 1
+    # The schema diff loads by itself (htmx) from scratch databases at both ends.
+    dropped = page.locator('#schema-diff tr.change.dropped[data-name="legacy_username"]')
+    dropped.wait_for(timeout=30_000)
+    assert page.locator('#schema-diff tr.change.added[data-name="status"]').count() == 1
+
+    page.get_by_role("link", name="Rehearse on a scratch database").click()
+    page.locator('#rehearsal-result [data-outcome="succeeded"]').first.wait_for(timeout=60_000)
+    batch = page.locator('#rehearsal-result li[data-revision="7ca9ba531bc0"] pre.statements')
+    assert "_alembic_tmp_customer" in batch.inner_text()
+    page.screenshot(path=str(DOCS / "diff.png"), full_page=True)
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download SQL").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".sql")
+    sql = Path(download.path()).read_text()
+    assert "ALTER TABLE customer ADD COLUMN display_name" in sql
+    assert "-- warning: " in sql
+    assert page.console_errors == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, render_template, request
 
 from dashboard.auth import role_required
+from dashboard.drift import get_drift_board
 from dashboard.environments import get_board, get_project
 from dashboard.environments.status import EnvironmentStatus
 from dashboard.htmx import is_htmx_request
@@ -27,8 +28,15 @@ def overview() -> str:
     """Every environment in promotion order with its status."""
     project = get_project()
     rows = list(zip(project.environments, _statuses(), strict=True))
+    board = get_drift_board()
+    drift_reports = {env.name: board.latest(env.name) for env in project.environments}
     template = "environments/_table.html" if is_htmx_request() else "environments/overview.html"
-    return render_template(template, project=project, rows=rows)
+    return render_template(
+        template,
+        project=project,
+        rows=rows,
+        drift_reports=drift_reports,
+    )
 
 
 @bp.get("/environments/<name>")

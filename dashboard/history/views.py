@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template, request
-from pygments import highlight
-from pygments.formatters import HtmlFormatter
-from pygments.lexers import PythonLexer
 
 from dashboard.auth import role_required
 from dashboard.environments import get_board, get_project
 from dashboard.history.layout import ROW_HEIGHT, cached_layout
 from dashboard.htmx import is_htmx_request
+from dashboard.templating import script_source, source_formatter
 from dashboard.users.models import Role
 
 bp = Blueprint("history", __name__)
 
 PAGE_SIZE = 100
-_formatter = HtmlFormatter(cssclass="source", linenos="table", wrapcode=True)
 
 
 def _applied_where() -> dict[str, set[str]]:
@@ -64,17 +61,13 @@ def revision(revision_id: str) -> str:
     found = graph.get(revision_id)
     if found is None:
         abort(404, description=f"No revision “{revision_id}” is in the script directory.")
-    try:
-        source = found.path.read_text(encoding="utf-8")
-    except OSError as error:
-        source = f"# cannot read {found.path}: {error.strerror}"
     applied = _applied_where()
     return render_template(
         "history/revision.html",
         project=get_project(),
         graph=graph,
         revision=found,
-        source_html=highlight(source, PythonLexer(), _formatter),
+        source_html=script_source(found.path),
         applied_in=[name for name, ids in applied.items() if found.id in ids],
     )
 
@@ -83,6 +76,6 @@ def revision(revision_id: str) -> str:
 @role_required(Role.VIEWER)
 def highlight_css() -> Response:
     """The colours of highlighted source, served as a stylesheet (no inline styles)."""
-    response = Response(_formatter.get_style_defs(".source"), mimetype="text/css")
+    response = Response(source_formatter.get_style_defs(".source"), mimetype="text/css")
     response.cache_control.max_age = 3600
     return response

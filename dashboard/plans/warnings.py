@@ -4,7 +4,7 @@ syntax tree, not from rendered SQL: SQLite batch mode renders DROP TABLE for eve
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import sqlparse
@@ -130,3 +130,308 @@ def plan_warnings(
     if heads > 1:
         warnings.append(f"the script directory has {heads} heads: merge them")
     return warnings
+
+
+# --- warnings from statements that really ran (a rehearsal) -----------------------------------
+# Tokens from sqlparse's lexer, not regexes over text: comments (such as the runner's
+# "-- parameters: …") and quoting are handled by the lexer, and keywords are told from names.
+
+BATCH_PREFIX = "_alembic_tmp_"
+# Words that end a column's type in a column definition (CREATE TABLE, ADD/MODIFY COLUMN).
+_TYPE_END = {
+    "NOT NULL", "NULL", "DEFAULT", "PRIMARY", "REFERENCES", "CONSTRAINT", "UNIQUE", "CHECK",
+    "COLLATE", "GENERATED", "AUTO_INCREMENT", "AUTOINCREMENT", "COMMENT", "USING", "FIRST",
+    "AFTER", "CHARACTER", "IDENTITY", "ON",
+}  # fmt: skip
+# Words that start a table-level clause, not a column, in CREATE TABLE.
+_TABLE_CLAUSES = {"CONSTRAINT", "PRIMARY", "UNIQUE", "FOREIGN", "CHECK", "KEY", "INDEX"}
+
+
+def sql_tokens(statement: str) -> list[tuple[object, str]]:
+    """Lex one statement with sqlparse into (token type, text), without whitespace or comments."""
+    parsed = sqlparse.parse(statement)
+    if not parsed:
+        return []
+    return [
+        (token.ttype, token.value)
+        for token in parsed[0].flatten()
+        if not token.is_whitespace and token.ttype not in sqlparse.tokens.Comment
+    ]
+
+
+def _word(token: tuple[object, str]) -> str:
+    return " ".join(token[1].upper().split())
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] + text[-1] in ('""', "``", "[]"):
+        return text[1:-1]
+    return text
+
+
+def _is_name(token: tuple[object, str]) -> bool:
+    ttype = token[0]
+    return (
+        ttype in sqlparse.tokens.Name
+        or ttype in sqlparse.tokens.Literal.String.Symbol
+        or (
+            # sqlparse lexes some ordinary column names (name, type, level…) as keywords.
+            ttype in sqlparse.tokens.Keyword and _word(token) not in _TYPE_END
+        )
+    )
+
+
+def _read_name(tokens: list[tuple[object, str]], index: int) -> tuple[str | None, int]:
+    """Read a possibly schema-qualified name at `index`; return its last part and the next index."""
+    name = None
+    while index < len(tokens) and _is_name(tokens[index]):
+        name = _unquote(tokens[index][1])
+        index += 1
+        if index < len(tokens) and tokens[index][1] == ".":
+            index += 1
+            continue
+        break
+    return name, index
+
+
+def _split_top_level(tokens: list[tuple[object, str]]) -> list[list[tuple[object, str]]]:
+    """Split tokens at commas outside parentheses."""
+    parts: list[list[tuple[object, str]]] = [[]]
+    depth = 0
+    for token in tokens:
+        if token[1] == "(":
+            depth += 1
+        elif token[1] == ")":
+            depth -= 1
+        if token[1] == "," and depth == 0:
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return [part for part in parts if part]
+
+
+def _type_text(tokens: list[tuple[object, str]]) -> str:
+    """The column type at the start of `tokens`, normalised for comparison (VARCHAR(64))."""
+    words = []
+    depth = 0
+    for token in tokens:
+        if depth == 0 and _word(token) in _TYPE_END:
+            break
+        depth += {"(": 1, ")": -1}.get(token[1], 0)
+        words.append(token[1].upper())
+    return "".join(words)
+
+
+def _column_definition(tokens: list[tuple[object, str]]) -> tuple[str, str] | None:
+    """(name, type) of one column definition, or None for a table-level clause."""
+    if not tokens or _word(tokens[0]) in _TABLE_CLAUSES:
+        return None
+    name, index = _read_name(tokens, 0)
+    return (name, _type_text(tokens[index:])) if name else None
+
+
+def _created_columns(tokens: list[tuple[object, str]]) -> dict[str, str]:
+    """The columns (name → type) of a CREATE TABLE statement's definition list."""
+    try:
+        start = next(i for i, token in enumerate(tokens) if token[1] == "(")
+    except StopIteration:
+        return {}
+    depth, end = 0, len(tokens)
+    for index in range(start, len(tokens)):
+        depth += {"(": 1, ")": -1}.get(tokens[index][1], 0)
+        if depth == 0:
+            end = index
+            break
+    columns = {}
+    for part in _split_top_level(tokens[start + 1 : end]):
+        definition = _column_definition(part)
+        if definition is not None:
+            columns[definition[0]] = definition[1]
+    return columns
+
+
+def _batch_copy(tokens: list[tuple[object, str]], table: str) -> list[tuple[str, str | None]]:
+    """Pairs (new column, old column) of `INSERT INTO _alembic_tmp_t (…) SELECT t.a, … FROM t`."""
+    words = [_word(token) for token in tokens]
+    if "SELECT" not in words or "(" not in words:
+        return []
+    select = words.index("SELECT")
+    source_end = words.index("FROM", select) if "FROM" in words[select:] else len(tokens)
+    open_index = words.index("(")
+    close_index = words.index(")", open_index)
+    targets = [
+        _read_name(part, 0)[0] for part in _split_top_level(tokens[open_index + 1 : close_index])
+    ]
+    sources: list[str | None] = []
+    for part in _split_top_level(tokens[select + 1 : source_end]):
+        # Batch mode qualifies every copied column with the table name: `customer.email`,
+        # also inside a CAST(customer.email AS …) when the type changes.
+        source = None
+        for index in range(len(part) - 2):
+            if _unquote(part[index][1]) == table and part[index + 1][1] == ".":
+                source = _unquote(part[index + 2][1])
+                break
+        sources.append(source)
+    return [(target, source) for target, source in zip(targets, sources, strict=False) if target]
+
+
+def _same_type(before: str | None, after: str | None) -> bool:
+    if before is None or after is None:
+        return True  # unknown: say nothing rather than guess
+    return before.replace(" ", "").upper() == after.replace(" ", "").upper()
+
+
+def statement_warnings(
+    statements: Iterable[str],
+    dialect: str | None,
+    *,
+    tables: dict[str, dict[str, str]] | None = None,
+    version_table: str = "alembic_version",
+) -> list[str]:
+    """Warn about what executed statements destroy or lock (parsed with sqlparse).
+
+    `tables` (table → column → type, as the database held them before the statements) lets
+    an SQLite batch rebuild — CREATE _alembic_tmp_t, INSERT … SELECT, DROP TABLE t, ALTER
+    TABLE _alembic_tmp_t RENAME TO t — be read as the column drops or type changes it is,
+    rather than as a table drop. The statements update a copy of it as they go.
+    """
+    known = {name: dict(columns) for name, columns in (tables or {}).items()}
+    lexed = [sql_tokens(statement) for statement in statements]
+    found: list[str] = []
+    copies: dict[str, list[tuple[str, str | None]]] = {}
+
+    def warn(text: str) -> None:
+        if text not in found:
+            found.append(text)
+
+    for position, tokens in enumerate(lexed):
+        words = [_word(token) for token in tokens]
+        if not words:
+            continue
+        first = words[0]
+        if first == "CREATE" and len(words) > 2 and words[1] == "TABLE":
+            name, _ = _read_name(tokens, 2)
+            if name:
+                known[name] = _created_columns(tokens)
+        elif first == "CREATE" and "INDEX" in words[:4]:
+            if dialect == "postgresql" and "CONCURRENTLY" not in words:
+                on = words.index("ON") if "ON" in words else None
+                table = _read_name(tokens, on + 1)[0] if on is not None else None
+                warn(f"locks table {table or '?'} while the index is built")
+        elif first == "INSERT" and len(words) > 2 and words[1] == "INTO":
+            name, _ = _read_name(tokens, 2)
+            if name and name.startswith(BATCH_PREFIX):
+                copies[name] = _batch_copy(tokens, name.removeprefix(BATCH_PREFIX))
+        elif first == "DROP" and len(words) > 2 and words[1] == "TABLE":
+            index = 4 if words[2:4] == ["IF", "EXISTS"] else 2
+            name, _ = _read_name(tokens, index)
+            if not name or name == version_table:
+                continue
+            following = lexed[position + 1] if position + 1 < len(lexed) else []
+            if _is_batch_rename(following, name):
+                _warn_batch_rebuild(name, known, copies.get(BATCH_PREFIX + name), warn)
+            else:
+                warn(f"destructive: drops table {name}")
+                known.pop(name, None)
+        elif first == "ALTER" and len(words) > 2 and words[1] == "TABLE":
+            _alter_table(tokens, known, warn)
+        elif first == "TRUNCATE":
+            index = 2 if len(words) > 1 and words[1] == "TABLE" else 1
+            warn(f"destructive: truncates table {_read_name(tokens, index)[0] or '?'}")
+        elif first == "DELETE" and "WHERE" not in words:
+            index = 2 if len(words) > 1 and words[1] == "FROM" else 1
+            table = _read_name(tokens, index)[0]
+            if table != version_table:
+                warn(f"destructive: deletes every row of {table or '?'} (DELETE without WHERE)")
+    return found
+
+
+def _is_batch_rename(tokens: list[tuple[object, str]], table: str) -> bool:
+    """Is this `ALTER TABLE _alembic_tmp_<table> RENAME TO <table>`?"""
+    words = [_word(token) for token in tokens]
+    if words[:2] != ["ALTER", "TABLE"]:
+        return False
+    source, index = _read_name(tokens, 2)
+    if source != BATCH_PREFIX + table or words[index : index + 2] != ["RENAME", "TO"]:
+        return False
+    return _read_name(tokens, index + 2)[0] == table
+
+
+def _warn_batch_rebuild(
+    table: str,
+    known: dict[str, dict[str, str]],
+    copy: list[tuple[str, str | None]] | None,
+    warn: Callable[[str], None],
+) -> None:
+    """Read a batch rebuild of `table` as what it loses: columns not copied, types changed."""
+    before = known.get(table)
+    after = known.pop(BATCH_PREFIX + table, {})
+    if before is not None and copy is not None:
+        copied = {source for _, source in copy if source}
+        for column in before:
+            if column not in copied:
+                warn(f"destructive: drops column {table}.{column} and its data")
+        for target, source in copy:
+            if source in before and not _same_type(before[source], after.get(target)):
+                warn(f"destructive: changes the type of {table}.{source}, which can lose data")
+    known[table] = after
+
+
+def _alter_table(
+    tokens: list[tuple[object, str]],
+    known: dict[str, dict[str, str]],
+    warn: Callable[[str], None],
+) -> None:
+    """Warn about column drops and type changes in one ALTER TABLE; track renames and adds."""
+    table, index = _read_name(tokens, 2)
+    if not table:
+        return
+    columns = known.get(table)
+    for action in _split_top_level(tokens[index:]):
+        verbs = [_word(token) for token in action]
+        if verbs[:2] == ["RENAME", "TO"]:
+            new_name = _read_name(action, 2)[0]
+            if new_name and table in known:
+                known[new_name] = known.pop(table)
+        elif verbs[:1] == ["ADD"] and (len(verbs) < 2 or verbs[1] not in _TABLE_CLAUSES):
+            start = 2 if verbs[1:2] == ["COLUMN"] else 1
+            definition = _column_definition(action[start:])
+            if definition and columns is not None:
+                columns[definition[0]] = definition[1]
+        elif verbs[:1] == ["DROP"] and (len(verbs) < 2 or verbs[1] not in _TABLE_CLAUSES):
+            start = 2 if verbs[1:2] == ["COLUMN"] else 1
+            if verbs[start : start + 2] == ["IF", "EXISTS"]:
+                start += 2
+            column = _read_name(action, start)[0]
+            warn(f"destructive: drops column {table}.{column or '?'} and its data")
+            if columns is not None and column:
+                columns.pop(column, None)
+        elif verbs[:1] == ["ALTER"] and "TYPE" in verbs:
+            # PostgreSQL: ALTER [COLUMN] c [SET DATA] TYPE t
+            start = 2 if verbs[1:2] == ["COLUMN"] else 1
+            column = _read_name(action, start)[0]
+            new_type = _type_text(action[verbs.index("TYPE") + 1 :])
+            before = columns.get(column) if columns is not None and column else None
+            if before is None or not _same_type(before, new_type):
+                warn(
+                    f"destructive: changes the type of {table}.{column or '?'}, which can lose data"
+                )
+            if columns is not None and column:
+                columns[column] = new_type
+        elif verbs[:1] in (["MODIFY"], ["CHANGE"]):
+            # MySQL/MariaDB restate the whole column, even to change only its nullability:
+            # a type change is only certain when the type before is known.
+            start = 2 if verbs[1:2] == ["COLUMN"] else 1
+            column, after_name = _read_name(action, start)
+            new_name = column
+            if verbs[0] == "CHANGE":
+                new_name, after_name = _read_name(action, after_name)
+            new_type = _type_text(action[after_name:])
+            before = columns.get(column) if columns is not None and column else None
+            if before is None or not _same_type(before, new_type):
+                warn(
+                    f"destructive: changes the type of {table}.{column or '?'}, which can lose data"
+                )
+            if columns is not None and column and new_name:
+                columns.pop(column, None)
+                columns[new_name] = new_type

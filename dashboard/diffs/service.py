@@ -1,0 +1,158 @@
+"""Diffs: the schema a plan leaves behind, compared with the one it starts from.
+
+Schema diffs build two scratch databases (seconds on a server), so they are cached per
+environment dialect, revision pair and script-directory signature: an edited script is a new key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from dashboard import alembic_adapter
+from dashboard.alembic_adapter import RevisionGraph
+from dashboard.environments.loader import Environment, Project
+from dashboard.errors import PlanError
+from dashboard.plans.service import Plan, build_plan
+from dashboard.schema import SchemaDiff, diff_revisions
+
+_CACHE_SIZE = 64
+_diff_cache: OrderedDict[tuple[Any, ...], SchemaDiff] = OrderedDict()
+_diff_cache_lock = threading.Lock()
+
+
+def heads_of(*, graph: RevisionGraph, revisions: set[str]) -> tuple[str, ...]:
+    """Return the revisions of `revisions` that no other revision of the set builds on."""
+    heads = []
+    for revision_id in revisions:
+        revision = graph.get(revision_id)
+        if revision is not None and not set(revision.next_revisions) & revisions:
+            heads.append(revision_id)
+    return tuple(sorted(heads))
+
+
+def revisions_after(
+    *,
+    graph: RevisionGraph,
+    from_revisions: tuple[str, ...],
+    direction: str,
+    revision_ids: list[str] | tuple[str, ...],
+) -> tuple[str, ...]:
+    """Return the revisions the database records once these steps have run."""
+    applied = graph.ancestors(from_revisions)
+    if direction == "upgrade":
+        applied |= set(revision_ids)
+    else:
+        applied -= set(revision_ids)
+    return heads_of(graph=graph, revisions=applied)
+
+
+def schema_diff(
+    *,
+    project: Project,
+    environment: Environment,
+    from_revisions: tuple[str, ...],
+    to_revisions: tuple[str, ...],
+) -> SchemaDiff:
+    """Compare the schemas at two sets of revisions on `environment`'s dialect (cached)."""
+    key = (
+        environment.dialect,
+        environment.version_table,
+        environment.python_path,
+        project.script_location,
+        tuple(sorted(from_revisions)),
+        tuple(sorted(to_revisions)),
+        alembic_adapter.script_signature(project.script_location),
+    )
+    with _diff_cache_lock:
+        cached = _diff_cache.get(key)
+        if cached is not None:
+            _diff_cache.move_to_end(key)
+            return cached
+    diff = diff_revisions(
+        project=project,
+        environment=environment,
+        from_revision=tuple(from_revisions),
+        to_revision=tuple(to_revisions),
+    )
+    with _diff_cache_lock:
+        _diff_cache[key] = diff
+        while len(_diff_cache) > _CACHE_SIZE:
+            _diff_cache.popitem(last=False)
+    return diff
+
+
+def steps_schema_diff(
+    *,
+    project: Project,
+    environment: Environment,
+    from_revisions: tuple[str, ...],
+    direction: str,
+    revision_ids: list[str] | tuple[str, ...],
+) -> SchemaDiff:
+    """Compare the schema before these steps with the schema after them."""
+    graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
+    return schema_diff(
+        project=project,
+        environment=environment,
+        from_revisions=tuple(from_revisions),
+        to_revisions=revisions_after(
+            graph=graph,
+            from_revisions=tuple(from_revisions),
+            direction=direction,
+            revision_ids=revision_ids,
+        ),
+    )
+
+
+def plan_schema_diff(*, project: Project, environment: Environment, plan: Plan) -> SchemaDiff:
+    """Compare the schema before `plan` with the schema after it."""
+    return steps_schema_diff(
+        project=project,
+        environment=environment,
+        from_revisions=plan.from_revisions,
+        direction=plan.direction,
+        revision_ids=plan.revision_ids,
+    )
+
+
+def _resolve(graph: RevisionGraph, text: str) -> tuple[str, ...]:
+    text = text.strip()
+    if text in ("", "base"):
+        return ()
+    if text in graph:
+        return (text,)
+    matches = [revision.id for revision in graph.revisions if revision.id.startswith(text)]
+    if len(matches) == 1:
+        return (matches[0],)
+    if matches:
+        raise PlanError(f"“{text}” matches several revisions: {', '.join(sorted(matches))}")
+    raise PlanError(f"No revision “{text}” is in the script directory.")
+
+
+def revision_plan(
+    *, project: Project, environment: Environment, from_revision: str, to_revision: str
+) -> Plan:
+    """Plan the way from one revision to another on `environment`'s dialect (upgrade or down)."""
+    graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
+    start, end = _resolve(graph, from_revision), _resolve(graph, to_revision)
+    if start == end:
+        raise PlanError("Pick two different revisions to compare.")
+    if set(start) <= graph.ancestors(end):
+        direction, target = "upgrade", end[0] if end else "base"
+    elif set(end) <= graph.ancestors(start):
+        direction, target = "downgrade", end[0] if end else "base"
+    else:
+        raise PlanError(
+            f"{from_revision} and {to_revision} are on different branches: neither is an "
+            "ancestor of the other. Compare each with their merge or a common ancestor."
+        )
+    # Planning from a given revision renders offline: the environment's database is not read.
+    return build_plan(
+        project=project,
+        environment=environment,
+        direction=direction,
+        target=target,
+        current=start,
+    )

@@ -1,0 +1,74 @@
+"""Drift page: live schemas against their revisions, and two environments side by side."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from dashboard.auth import role_required
+from dashboard.drift import get_drift_board
+from dashboard.environments import get_project
+from dashboard.environments.loader import Environment
+from dashboard.errors import DashboardError
+from dashboard.htmx import is_htmx_request
+from dashboard.schema import compare_live
+from dashboard.users.models import Role
+
+bp = Blueprint("drift", __name__)
+
+
+def _environment(name: str) -> Environment:
+    environment = get_project().get(name)
+    if environment is None:
+        abort(404, description=f"There is no environment called “{name}”.")
+    return environment
+
+
+def _rows() -> list[tuple[Environment, object]]:
+    board = get_drift_board()
+    return [(env, board.latest(env.name)) for env in get_project().environments]
+
+
+@bp.get("/drift")
+@role_required(Role.VIEWER)
+def index() -> ResponseReturnValue:
+    """Every environment's latest drift report, and a form to compare two environments."""
+    template = "drift/_table.html" if is_htmx_request() else "drift/index.html"
+    return render_template(template, rows=_rows())
+
+
+@bp.post("/drift/check")
+@role_required(Role.VIEWER)
+def check() -> ResponseReturnValue:
+    """Check one environment (`environment` in the form) or all of them now."""
+    project = get_project()
+    name = request.form.get("environment", "").strip()
+    targets = [_environment(name)] if name else list(project.environments)
+    board = get_drift_board()
+    for environment in targets:
+        board.check(project=project, environment=environment)
+    if is_htmx_request():
+        return render_template("drift/_table.html", rows=_rows())
+    return redirect(url_for("drift.index"), code=303)
+
+
+@bp.get("/drift/compare")
+@role_required(Role.VIEWER)
+def compare() -> ResponseReturnValue:
+    """Two environments' live schemas side by side: what only one of them has, or differently."""
+    project = get_project()
+    first = request.args.get("a", "").strip()
+    second = request.args.get("b", "").strip()
+    changes, error = None, None
+    if first and second:
+        env_a, env_b = _environment(first), _environment(second)
+        if env_a.name == env_b.name:
+            error = "Pick two different environments."
+        else:
+            try:
+                changes = compare_live(env_a=env_a, env_b=env_b)
+            except DashboardError as problem:
+                error = str(problem)
+    return render_template(
+        "drift/compare.html", project=project, a=first, b=second, changes=changes, error=error
+    )
