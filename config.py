@@ -37,6 +37,8 @@ class Config:
     # A running job's heartbeat period, and how old it may get before the job counts as dead.
     JOB_HEARTBEAT_SECONDS = _float("DASHBOARD_JOB_HEARTBEAT", 2.0)
     JOB_STALE_SECONDS = _float("DASHBOARD_JOB_STALE", 30.0)
+    # Hours a rollout may wait for approval and execution before it expires; 0 = never.
+    ROLLOUT_LIFETIME_HOURS = _float("DASHBOARD_ROLLOUT_LIFETIME_HOURS", 72.0)
     # Supervising threads in each web process.
     JOB_WORKERS = 4
     SESSION_COOKIE_HTTPONLY = True

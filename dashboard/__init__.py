@@ -27,6 +27,8 @@ def create_app(
     from dashboard.extensions import db, migrate
     from dashboard.history.views import bp as history_bp
     from dashboard.jobs import views as jobs_views
+    from dashboard.rollouts import cli as rollouts_cli
+    from dashboard.rollouts import views as rollouts_views
     from dashboard.users import views as users_views
 
     app = Flask(__name__, instance_relative_config=True)
@@ -41,6 +43,7 @@ def create_app(
     environments.init_app(app)
     drift.init_app(app)
     cli.init_app(app)
+    rollouts_cli.init_app(app)
     audit.init_app(app)
     templating.init_app(app)
     error_pages.init_app(app)
@@ -53,6 +56,7 @@ def create_app(
     app.register_blueprint(history_bp)
     app.register_blueprint(diffs_bp)
     app.register_blueprint(drift_bp)
+    app.register_blueprint(rollouts_views.bp)
     return app
 
 

@@ -65,3 +65,19 @@ class OfflineRenderError(DashboardError):
 
 class ScratchUnavailable(DashboardError):
     """No throwaway database can be made for an environment (no shadow_url, no CREATE DATABASE)."""
+
+
+class RolloutRefused(DashboardError):
+    """A rollout rule says no (the message names the rule)."""
+
+
+class RolloutForbidden(RolloutRefused):
+    """The actor's role or identity may not do this to the rollout (HTTP 403)."""
+
+
+class RolloutStale(RolloutRefused):
+    """The plan a rollout was approved for no longer matches the environment or the scripts."""
+
+
+class ApprovalRequired(RolloutRefused):
+    """The rollout does not have the approvals it needs yet."""

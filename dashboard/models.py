@@ -5,6 +5,7 @@ from __future__ import annotations
 from dashboard.audit.models import AuditCheckpoint, AuditEvent
 from dashboard.extensions import db
 from dashboard.jobs.models import ActiveJob, Job, JobLogLine
+from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users.models import LoginFailure, Role, User
 
 __all__ = [
@@ -15,6 +16,8 @@ __all__ = [
     "JobLogLine",
     "LoginFailure",
     "Role",
+    "Rollout",
+    "RolloutVote",
     "User",
     "db",
 ]

@@ -65,6 +65,15 @@ MATRIX = {
     ("drift.index", "GET"): VIEWER_PAGE,
     ("drift.check", "POST"): outcome(302, 303),
     ("drift.compare", "GET"): VIEWER_PAGE,
+    ("rollouts.index", "GET"): VIEWER_PAGE,
+    ("rollouts.rollout", "GET"): outcome(302, 404),  # no such rollout, once signed in
+    ("rollouts.schema", "GET"): outcome(302, 404),
+    ("rollouts.new", "GET"): outcome(302, 403, 200),
+    ("rollouts.create", "POST"): outcome(302, 403, 409),  # dev is not protected
+    ("rollouts.approve", "POST"): outcome(302, 403, 403, 404),
+    ("rollouts.reject", "POST"): outcome(302, 403, 403, 404),
+    ("rollouts.cancel", "POST"): outcome(302, 403, 404),
+    ("rollouts.execute", "POST"): outcome(302, 403, 404),
     ("health.healthz", "GET"): outcome(200, 200),
     ("static", "GET"): outcome(200, 200),
 }
@@ -74,12 +83,14 @@ FORM_DATA = {
     "auth.login": {"username": "nobody", "password": "wrong-password"},
     "jobs.start": {"operation": "upgrade", "target": "head"},
     "drift.check": {"environment": "dev"},
+    "rollouts.create": {"target": "head", "reason": "the matrix asks"},
 }
 
 
 def _url_for(rule, target_user_id: int, job_id: int = 0) -> str:
     values = {
         "job_id": str(job_id),
+        "rollout_id": "999999",
         "name": "dev",
         "revision_id": HEAD,
         "user_id": str(target_user_id),

@@ -51,10 +51,9 @@ def live_server(demo_app) -> Iterator[str]:
     thread.join(timeout=5)
 
 
-@pytest.fixture
-def page(browser):
-    """A fresh browser page whose requests for the htmx CDN get the npm copy."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
+def open_tab(browser, **options):
+    """A new browser context and page whose requests for the htmx CDN get the npm copy."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, **options)
     body = HTMX_COPY.read_bytes()
 
     def serve_htmx(route):
@@ -76,6 +75,13 @@ def page(browser):
     )
     tab.on("pageerror", lambda error: errors.append(str(error)))
     tab.console_errors = errors
+    return context, tab
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser page whose requests for the htmx CDN get the npm copy."""
+    context, tab = open_tab(browser)
     yield tab
     context.close()
 
@@ -262,3 +268,101 @@ def test_production_diff_shows_warning_schema_diff_and_downloads_sql(
     assert "ALTER TABLE customer ADD COLUMN display_name" in sql
     assert "-- warning: " in sql
     assert page.console_errors == []
+
+
+def test_production_rollout_with_two_approvals_end_to_end(
+    browser, live_server, demo_app, demo_passwords
+):
+    from dashboard.jobs import service as jobs
+    from dashboard.users import service as users
+    from tests.conftest import TEST_PASSWORD
+
+    with demo_app.app_context():
+        # Promotion order: staging first. Then a second approver to make two.
+        staged = jobs.request_job(
+            environment_name="staging",
+            operation="upgrade",
+            target="head",
+            actor=None,
+            actor_name="setup",
+            submit=False,
+        )
+        assert jobs.run_job(job_id=staged.id).state == "succeeded"
+        users.create_user(username="bea", password=TEST_PASSWORD, role="approver", actor=None)
+    tabs = {}
+    contexts = []
+    try:
+        for name, password in (
+            ("operator", demo_passwords["operator"]),
+            ("approver", demo_passwords["approver"]),
+            ("bea", TEST_PASSWORD),
+        ):
+            context, tab = open_tab(browser)
+            contexts.append(context)
+            sign_in(tab, live_server, name, password)
+            tabs[name] = tab
+
+        operator = tabs["operator"]
+        operator.get_by_role("link", name="production").click()
+        operator.get_by_role("link", name="Request a rollout to head").click()
+        operator.wait_for_url("**/environments/production/rollouts/new?**")
+        assert operator.locator("#gate").count() == 0  # staging already has head
+        operator.get_by_label("Why (shown to the approvers)").fill("Ship order status (SHOP-42)")
+        operator.get_by_label("Ticket link (optional)").fill("https://tickets.example/SHOP-42")
+        operator.get_by_role("button", name="Request rollout").click()
+        operator.wait_for_url(re.compile(r".*/rollouts/\d+$"))
+        rollout_url = operator.url
+        assert operator.locator('#rollout[data-state="pending"]').count() == 1
+        assert "You requested this rollout" in operator.locator("#votes").inner_text()
+        operator.locator('#schema-diff tr.change[data-name="legacy_username"]').wait_for()
+        operator.screenshot(path=str(DOCS / "rollout-requested.png"), full_page=True)
+
+        for name, comment in (("approver", "Diff reviewed"), ("bea", "Rehearsal is green")):
+            tab = tabs[name]
+            tab.get_by_role("link", name="Rollouts").click()
+            tab.locator("tr.rollout-row a").first.click()
+            tab.wait_for_url(rollout_url)
+            tab.get_by_label("Comment (optional)").fill(comment)
+            tab.get_by_role("button", name="Approve").click()
+            tab.wait_for_url(rollout_url)
+            assert comment in tab.locator("#votes").inner_text()
+        bea = tabs["bea"]
+        assert bea.locator('#rollout[data-state="approved"]').count() == 1
+        bea.screenshot(path=str(DOCS / "rollout-approved.png"), full_page=True)
+
+        operator.goto(rollout_url)
+        operator.get_by_role("button", name="Execute").click()
+        operator.wait_for_url("**/jobs/*")
+        operator.locator('#job-live[data-state="succeeded"]').wait_for(timeout=60_000)
+        operator.screenshot(path=str(DOCS / "rollout-job.png"), full_page=True)
+
+        operator.goto(rollout_url)
+        assert operator.locator('#rollout[data-state="executed"]').count() == 1
+        timeline = operator.locator("#timeline").inner_text()
+        for action in ("rollout.requested", "rollout.approved", "rollout.executed"):
+            assert action in timeline
+        operator.screenshot(path=str(DOCS / "rollout-executed.png"), full_page=True)
+
+        operator.get_by_role("link", name="Overview").click()
+        operator.get_by_role("button", name="Refresh").click()
+        operator.locator('tr[data-env="production"][data-status="up_to_date"]').wait_for()
+        operator.screenshot(path=str(DOCS / "rollout-overview.png"), full_page=True)
+
+        operator.get_by_role("link", name="Audit").click()
+        audit_text = operator.locator("main").inner_text()
+        for action in (
+            "rollout.requested",
+            "rollout.approved",
+            "rollout.executed",
+            "job.succeeded",
+        ):
+            assert action in audit_text
+        operator.screenshot(path=str(DOCS / "rollout-audit.png"), full_page=True)
+        for tab in tabs.values():
+            assert tab.console_errors == []
+    finally:
+        for context in contexts:
+            context.close()
+
+    verified = demo_app.test_cli_runner().invoke(args=["dashboard", "audit", "verify"])
+    assert verified.exit_code == 0, verified.output

@@ -9,6 +9,7 @@ from dashboard.drift import get_drift_board
 from dashboard.environments import get_board, get_project
 from dashboard.environments.status import EnvironmentStatus
 from dashboard.htmx import is_htmx_request
+from dashboard.rollouts import service as rollouts
 from dashboard.users.models import Role
 
 bp = Blueprint("environments", __name__)
@@ -30,12 +31,18 @@ def overview() -> str:
     rows = list(zip(project.environments, _statuses(), strict=True))
     board = get_drift_board()
     drift_reports = {env.name: board.latest(env.name) for env in project.environments}
+    pending_rollouts = {
+        env.name: rollouts.pending_count(environment=env.name)
+        for env in project.environments
+        if env.protected
+    }
     template = "environments/_table.html" if is_htmx_request() else "environments/overview.html"
     return render_template(
         template,
         project=project,
         rows=rows,
         drift_reports=drift_reports,
+        pending_rollouts=pending_rollouts,
     )
 
 

@@ -52,6 +52,10 @@ class Job(db.Model):
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     half_applied: Mapped[bool] = mapped_column(default=False)
     runner_pid: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # Set only for a job that executes an approved rollout (protected environments).
+    rollout_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("rollout.id"), nullable=True, index=True
+    )
 
     @property
     def job_state(self) -> JobState:
@@ -76,6 +80,7 @@ class Job(db.Model):
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "error": self.error,
+            "rollout": self.rollout_id,
         }
 
 

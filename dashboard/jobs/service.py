@@ -78,13 +78,14 @@ def active_job(*, environment: str) -> Job | None:
 
 
 def _check_rules(
-    *, environment: Environment, operation: str, actor: User | None, via_rollout: bool
+    *, environment: Environment, operation: str, actor: User | None, rollout_id: int | None
 ) -> None:
     if operation not in OPERATIONS:
         raise JobRefused(f"“{operation}” is not a job; use upgrade, downgrade or stamp.")
     if actor is not None and not actor.has_role(Role.OPERATOR):
         raise JobRefused("Running jobs needs the operator role or higher.")
-    if environment.protected and not via_rollout:
+    # A rollout id is only a claim here: request_job checks the rollout before queuing.
+    if environment.protected and rollout_id is None:
         raise JobRefused(
             f"{environment.name} is protected: changes go through an approved rollout."
         )
@@ -104,12 +105,18 @@ def request_job(
     actor: User | None,
     actor_name: str | None = None,
     expected_fingerprint: str | None = None,
-    via_rollout: bool = False,
+    rollout_id: int | None = None,
     submit: bool = True,
 ) -> Job:
-    """Check the rules, plan, queue the job (one per environment) and audit the request."""
+    """Check the rules, plan, queue the job (one per environment) and audit the request.
+
+    On a protected environment the job must carry `rollout_id`: an approved rollout for
+    exactly this environment, direction, target and plan fingerprint (see dashboard.rollouts).
+    """
     environment = _environment(environment_name)
-    _check_rules(environment=environment, operation=operation, actor=actor, via_rollout=via_rollout)
+    _check_rules(environment=environment, operation=operation, actor=actor, rollout_id=rollout_id)
+    if rollout_id is not None and operation == "stamp":
+        raise JobRefused("A rollout runs an upgrade or a downgrade, never a stamp.")
     # Plan before touching the store: on SQLite every store transaction holds its write lock.
     project = get_project()
     if operation == "stamp":
@@ -143,10 +150,23 @@ def request_job(
         current, planned = plan.from_revisions, plan.revision_ids
         alembic_target, fingerprint = plan.alembic_target, plan.fingerprint
 
-    reap_stale_jobs(environment=environment.name)
+    reap_stale_jobs(environment=environment.name)  # may commit: claim the rollout after it
+    rollout = None
+    if rollout_id is not None:
+        from dashboard.rollouts import service as rollouts
+
+        rollout = rollouts.claim_for_job(
+            rollout_id=rollout_id,
+            environment=environment.name,
+            operation=operation,
+            target=alembic_target,
+            fingerprint=fingerprint,
+        )
     running = active_job(environment=environment.name)
     if running is not None:
-        raise _already_running(running)
+        refusal = _already_running(running)
+        db.session.rollback()  # let go of a claimed rollout's row lock
+        raise refusal
     name = actor.username if actor is not None else (actor_name or "cli")
     job = Job(
         environment=environment.name,
@@ -175,6 +195,8 @@ def request_job(
         environment=environment.name,
         details=_job_details(job),
     )
+    if rollout is not None:
+        rollouts.start_execution(rollout=rollout, job=job, actor=actor)
     db.session.commit()
     if submit:
         from dashboard.jobs.executor import get_executor
@@ -224,8 +246,16 @@ def cancel_job(*, job_id: int, actor: User | None, actor_name: str | None = None
         environment=job.environment,
         details=_job_details(job, outcome="cancelled"),
     )
+    _rollout_job_finished(job)
     db.session.commit()
     return job
+
+
+def _rollout_job_finished(job: Job) -> None:
+    if job.rollout_id is not None:
+        from dashboard.rollouts import service as rollouts
+
+        rollouts.job_finished(job=job)
 
 
 def _release_guard(job: Job) -> None:
@@ -272,6 +302,7 @@ def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
             environment=job.environment,
             details=_job_details(job, outcome="interrupted"),
         )
+        _rollout_job_finished(job)
         reaped.append(job)
     if reaped:
         db.session.commit()
@@ -412,6 +443,7 @@ def _finish(*, job_id: int, result, environment: Environment, statements: list[s
             half_applied=job.half_applied,
         ),
     )
+    _rollout_job_finished(job)
     db.session.commit()
     get_board().request_refresh()
     return job

@@ -1,0 +1,1 @@
+"""Rollouts: approved, plan-bound changes to protected environments."""

@@ -1,0 +1,194 @@
+"""Rollouts: request one for a protected environment, vote on it, execute it, follow it."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from flask_login import current_user
+
+from dashboard.auth import role_required
+from dashboard.environments import get_project
+from dashboard.environments.loader import Environment
+from dashboard.errors import DashboardError, RolloutForbidden
+from dashboard.extensions import db
+from dashboard.htmx import is_htmx_request
+from dashboard.rollouts import policy
+from dashboard.rollouts import service as rollouts
+from dashboard.rollouts.models import Rollout, RolloutState
+from dashboard.users.models import Role
+
+bp = Blueprint("rollouts", __name__)
+
+
+def _environment(name: str) -> Environment:
+    environment = get_project().get(name)
+    if environment is None:
+        abort(404, description=f"There is no environment called “{name}”.")
+    return environment
+
+
+def _rollout(rollout_id: int) -> Rollout:
+    found = rollouts.get_rollout(rollout_id=rollout_id)
+    if found is None:
+        abort(404, description=f"There is no rollout #{rollout_id}.")
+    return found
+
+
+def _actor():
+    return current_user._get_current_object()
+
+
+def _go(target: str) -> ResponseReturnValue:
+    if is_htmx_request():
+        return Response(status=204, headers={"HX-Redirect": target})
+    return redirect(target, code=303)
+
+
+def _refused(error: DashboardError, rollout: Rollout | None) -> ResponseReturnValue:
+    """Render a refusal in words: 403 when the person may not, 409 when a rule says no."""
+    db.session.rollback()
+    status = 403 if isinstance(error, RolloutForbidden) else 409
+    page = render_template(
+        "rollouts/refused.html", message=str(error), rollout=rollout, status=status
+    )
+    return page, status
+
+
+@bp.get("/rollouts")
+@role_required(Role.VIEWER)
+def index() -> ResponseReturnValue:
+    """Rollouts, newest first, filtered by state and environment."""
+    state = request.args.get("state") or None
+    environment = request.args.get("environment") or None
+    if state is not None and state not in {item.value for item in RolloutState}:
+        abort(400, description=f"“{state}” is not a rollout state.")
+    return render_template(
+        "rollouts/index.html",
+        rollouts=rollouts.list_rollouts(state=state, environment=environment),
+        state=state,
+        environment=environment,
+        states=[item.value for item in RolloutState],
+    )
+
+
+@bp.get("/environments/<name>/rollouts/new")
+@role_required(Role.OPERATOR)
+def new(name: str) -> ResponseReturnValue:
+    """The request form, with the plan it will freeze shown first."""
+    from dashboard.plans.service import build_plan
+
+    environment = _environment(name)
+    target = request.args.get("target", "").strip() or "head"
+    plan, error = None, None
+    try:
+        plan = build_plan(
+            project=get_project(), environment=environment, direction="upgrade", target=target
+        )
+    except DashboardError as problem:
+        error = str(problem)
+    gate = None
+    if plan is not None and not plan.is_empty:
+        gate = rollouts.promotion_gate(
+            environment=environment, target_revisions=(plan.revision_ids[-1],)
+        )
+    return render_template(
+        "rollouts/new.html", env=environment, target=target, plan=plan, error=error, gate=gate
+    )
+
+
+@bp.post("/environments/<name>/rollouts")
+@role_required(Role.OPERATOR)
+def create(name: str) -> ResponseReturnValue:
+    """Request a rollout of the plan the requester reviewed."""
+    environment = _environment(name)
+    try:
+        created = rollouts.request_rollout(
+            environment_name=environment.name,
+            target=request.form.get("target", "").strip() or "head",
+            reason=request.form.get("reason", ""),
+            ticket_url=request.form.get("ticket_url", "").strip() or None,
+            override_justification=request.form.get("override_justification", "").strip() or None,
+            actor=_actor(),
+        )
+    except DashboardError as error:
+        return _refused(error, None)
+    return _go(url_for("rollouts.rollout", rollout_id=created.id))
+
+
+@bp.get("/rollouts/<int:rollout_id>")
+@role_required(Role.VIEWER)
+def rollout(rollout_id: int) -> ResponseReturnValue:
+    """One rollout: the frozen plan, warnings, schema diff, votes, timeline and actions."""
+    found = _rollout(rollout_id)
+    environment = get_project().get(found.environment)
+    return render_template(
+        "rollouts/rollout.html",
+        rollout=found,
+        env=environment,
+        can=policy.allowed_actions(rollout=found, actor=_actor()),
+        timeline=policy.timeline(rollout=found),
+    )
+
+
+@bp.get("/rollouts/<int:rollout_id>/schema")
+@role_required(Role.VIEWER)
+def schema(rollout_id: int) -> ResponseReturnValue:
+    """The schema diff of the rollout's frozen plan."""
+    from dashboard.diffs.service import steps_schema_diff
+
+    found = _rollout(rollout_id)
+    environment = _environment(found.environment)
+    changes, error = None, None
+    try:
+        changes = steps_schema_diff(
+            project=get_project(),
+            environment=environment,
+            from_revisions=tuple(found.from_revisions or ()),
+            direction=found.direction,
+            revision_ids=found.revision_ids or [],
+        )
+    except DashboardError as problem:
+        error = str(problem)
+    return render_template("diffs/_schema.html", changes=changes, error=error)
+
+
+def _decide(rollout_id: int, action) -> ResponseReturnValue:
+    found = _rollout(rollout_id)
+    try:
+        action(rollout_id=found.id, actor=_actor(), comment=request.form.get("comment") or None)
+    except DashboardError as error:
+        return _refused(error, found)
+    return _go(url_for("rollouts.rollout", rollout_id=rollout_id))
+
+
+@bp.post("/rollouts/<int:rollout_id>/approve")
+@role_required(Role.APPROVER)
+def approve(rollout_id: int) -> ResponseReturnValue:
+    """Approve someone else's rollout."""
+    return _decide(rollout_id, rollouts.approve_rollout)
+
+
+@bp.post("/rollouts/<int:rollout_id>/reject")
+@role_required(Role.APPROVER)
+def reject(rollout_id: int) -> ResponseReturnValue:
+    """Reject a rollout: it ends there."""
+    return _decide(rollout_id, rollouts.reject_rollout)
+
+
+@bp.post("/rollouts/<int:rollout_id>/cancel")
+@role_required(Role.OPERATOR)
+def cancel(rollout_id: int) -> ResponseReturnValue:
+    """Withdraw a rollout (its requester, or an admin)."""
+    return _decide(rollout_id, rollouts.cancel_rollout)
+
+
+@bp.post("/rollouts/<int:rollout_id>/execute")
+@role_required(Role.OPERATOR)
+def execute(rollout_id: int) -> ResponseReturnValue:
+    """Run an approved rollout's plan as a job, if it still matches the environment."""
+    found = _rollout(rollout_id)
+    try:
+        job = rollouts.execute_rollout(rollout_id=found.id, actor=_actor())
+    except DashboardError as error:
+        return _refused(error, found)
+    return _go(url_for("jobs.job", job_id=job.id))
