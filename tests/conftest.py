@@ -535,3 +535,48 @@ def project_for(
         rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
         lines += [f"  - name: {name}", f"    url: {rendered}"]
     return load_project(write_environments(folder, "\n".join(lines) + "\n"), environ={})
+
+
+# --- target databases, read and moved directly ----------------------------------------------
+
+
+def versions(url: URL | str) -> list[str]:
+    """Return the revisions a database's version table holds (none without the table)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            if "alembic_version" not in sa.inspect(connection).get_table_names():
+                return []
+            return sorted(connection.scalars(sa.text("SELECT version_num FROM alembic_version")))
+    finally:
+        engine.dispose()
+
+
+def upgrade_in_child(*, environment, project, target: str = "head") -> None:
+    """Upgrade an environment straight through the runner (no job, no store)."""
+    from dashboard.runner import run_in_child
+
+    result = run_in_child(
+        environment=environment,
+        script_location=project.script_location,
+        operation="upgrade",
+        target=target,
+    )
+    assert result.succeeded, "\n".join(result.lines)
+
+
+def upgrade_with_a_job(app, environment: str, target: str = "head") -> None:
+    """Run an upgrade job to the end in the calling thread (e.g. staging before production)."""
+    from dashboard.jobs import service as jobs
+
+    with app.app_context():
+        job = jobs.request_job(
+            environment_name=environment,
+            operation="upgrade",
+            target=target,
+            actor=None,
+            actor_name="setup",
+            submit=False,
+        )
+        finished = jobs.run_job(job_id=job.id)
+        assert finished.state == "succeeded", finished.error

@@ -115,9 +115,9 @@ def test_overview_refresh_and_click_through(page, live_server, demo_folder, demo
     page.wait_for_function("window.htmx !== undefined")
     rows = page.locator("tr.env-row")
     assert rows.count() == 3
-    assert rows.nth(0).locator(".badge").inner_text() == "Up to date"
-    assert rows.nth(1).locator(".badge").inner_text() == "2 behind"
-    assert rows.nth(2).locator(".badge").inner_text() == "5 behind"
+    assert rows.nth(0).locator(".badge.status").inner_text() == "Up to date"
+    assert rows.nth(1).locator(".badge.status").inner_text() == "2 behind"
+    assert rows.nth(2).locator(".badge.status").inner_text() == "5 behind"
     page.screenshot(path=str(DOCS / "overview.png"), full_page=True)
 
     # Move dev away behind the dashboard's back; Refresh re-reads in place (no navigation).
@@ -273,21 +273,11 @@ def test_production_diff_shows_warning_schema_diff_and_downloads_sql(
 def test_production_rollout_with_two_approvals_end_to_end(
     browser, live_server, demo_app, demo_passwords
 ):
-    from dashboard.jobs import service as jobs
     from dashboard.users import service as users
-    from tests.conftest import TEST_PASSWORD
+    from tests.conftest import TEST_PASSWORD, upgrade_with_a_job
 
+    upgrade_with_a_job(demo_app, "staging")  # promotion order: staging first
     with demo_app.app_context():
-        # Promotion order: staging first. Then a second approver to make two.
-        staged = jobs.request_job(
-            environment_name="staging",
-            operation="upgrade",
-            target="head",
-            actor=None,
-            actor_name="setup",
-            submit=False,
-        )
-        assert jobs.run_job(job_id=staged.id).state == "succeeded"
         users.create_user(username="bea", password=TEST_PASSWORD, role="approver", actor=None)
     tabs = {}
     contexts = []
@@ -366,3 +356,32 @@ def test_production_rollout_with_two_approvals_end_to_end(
 
     verified = demo_app.test_cli_runner().invoke(args=["dashboard", "audit", "verify"])
     assert verified.exit_code == 0, verified.output
+
+
+def test_drift_check_finds_a_hand_made_column_and_compares_environments(
+    page, live_server, demo_folder, demo_passwords
+):
+    from tests.conftest import execute
+
+    execute(
+        f"sqlite:///{demo_folder / 'demo' / 'staging.db'}",
+        "ALTER TABLE customer ADD COLUMN nickname VARCHAR(40)",
+    )
+    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
+    page.get_by_role("link", name="Drift", exact=True).click()
+    page.wait_for_url("**/drift")
+    assert page.locator('tr[data-drift="not_checked"]').count() == 3
+    page.get_by_role("button", name="Check all").click()
+    page.locator('tr[data-env="staging"][data-drift="drift"]').wait_for(timeout=60_000)
+    assert page.locator('tr[data-drift="none"]').count() == 2
+    detail = page.locator('tr.drift-detail[data-env="staging"]').inner_text()
+    assert "nickname" in detail
+    page.screenshot(path=str(DOCS / "drift.png"), full_page=True)
+
+    page.get_by_role("button", name="Compare live schemas").click()
+    page.wait_for_url("**/drift/compare?**")
+    assert page.locator("#comparison tr.change").count() > 0
+    page.get_by_role("link", name="Overview").click()
+    assert "drift: 1 difference" in page.locator('tr[data-env="staging"]').inner_text()
+    page.screenshot(path=str(DOCS / "overview-drift.png"), full_page=True)
+    assert page.console_errors == []

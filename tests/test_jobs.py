@@ -27,6 +27,7 @@ from tests.conftest import (
     add_user,
     app_for_tree,
     table_names,
+    versions,
 )
 
 # Sleeps when it really runs, not while the plan renders it offline.
@@ -74,16 +75,6 @@ def wait_until_idle(app, environment: str = "dev", seconds: float = 20) -> None:
             db.session.rollback()  # never sit on the SQLite store's write lock while waiting
             time.sleep(0.1)
 
-
-def versions(url) -> list[str]:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            if "alembic_version" not in sa.inspect(connection).get_table_names():
-                return []
-            return sorted(connection.scalars(sa.text("SELECT version_num FROM alembic_version")))
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.backends

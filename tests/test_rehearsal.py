@@ -14,8 +14,7 @@ from dashboard.environments.loader import Environment, Project
 from dashboard.plans import Plan, build_plan, clear_plan_cache
 from dashboard.plans.rehearsal import is_introspection, rehearse
 from dashboard.plans.warnings import statement_warnings
-from dashboard.runner import run_in_child
-from tests.conftest import DEMO_SCRIPTS, ScriptTree, project_for, table_names
+from tests.conftest import DEMO_SCRIPTS, ScriptTree, project_for, table_names, upgrade_in_child
 from tests.test_schema import restricted_url, scratch_leftovers, scratch_tmp
 
 __all__ = ["restricted_url", "scratch_tmp"]  # fixtures shared with test_schema
@@ -40,15 +39,6 @@ def environment_on(
     assert environment is not None
     return project, environment
 
-
-def upgrade(project: Project, environment: Environment, target: str) -> None:
-    result = run_in_child(
-        environment=environment,
-        script_location=project.script_location,
-        operation="upgrade",
-        target=target,
-    )
-    assert result.succeeded, "\n".join(result.lines)
 
 
 def current(environment: Environment) -> tuple[str, ...]:
@@ -107,7 +97,7 @@ def test_a_data_migration_is_flagged_offline_and_rehearses_to_its_real_statement
 ):
     build_data_migration_tree(script_tree)
     project, environment = environment_on(tmp_path / "cfg", script_tree, database_url)
-    upgrade(project, environment, "items")
+    upgrade_in_child(environment=environment, project=project, target="items")
 
     the_plan = plan(project, environment, "head")
     offline = {step.revision_id: step for step in the_plan.steps}
@@ -202,7 +192,7 @@ def test_a_downgrade_through_a_merge_rehearses_one_step_at_a_time(
     merge_script_tree, database_url, tmp_path, backend
 ):
     project, environment = environment_on(tmp_path / "cfg", merge_script_tree, database_url)
-    upgrade(project, environment, "d5")
+    upgrade_in_child(environment=environment, project=project, target="d5")
 
     the_plan = plan(project, environment, "a1", direction="downgrade")
     rehearsal = rehearse(project=project, environment=environment, plan=the_plan)
@@ -230,7 +220,7 @@ def test_a_failing_script_stops_the_rehearsal_before_the_environment_is_touched(
     script_tree.add("r2", "r1", "broken", upgrade="op.execute('THIS IS NOT SQL')")
     script_tree.add_table("r3", "r2", "t3")
     project, environment = environment_on(tmp_path / "cfg", script_tree, database_url)
-    upgrade(project, environment, "r1")
+    upgrade_in_child(environment=environment, project=project, target="r1")
     before = scratch_leftovers(backend, scratch_tmp)
 
     rehearsal = rehearse(
@@ -259,7 +249,7 @@ def test_without_create_database_the_rehearsal_is_unavailable(
 ):
     script_tree.linear(2)
     admin_project, admin_env = environment_on(tmp_path / "admin", script_tree, database_url)
-    upgrade(admin_project, admin_env, "r00")
+    upgrade_in_child(environment=admin_env, project=admin_project, target="r00")
     url = request.getfixturevalue("restricted_url")
     project, environment = environment_on(tmp_path / "cfg", script_tree, url)
     before = scratch_leftovers(backend, scratch_tmp)

@@ -8,27 +8,12 @@ import pytest
 import sqlalchemy as sa
 
 from dashboard.extensions import db
-from dashboard.jobs import service as jobs
 from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
-from tests.conftest import TEST_PASSWORD, Auth
+from tests.conftest import TEST_PASSWORD, Auth, upgrade_with_a_job
 
 HEAD = "8d3907739fa1"
 
-
-def upgrade_staging(app) -> None:
-    """Bring staging to head, so production may follow it (promotion order)."""
-    with app.app_context():
-        job = jobs.request_job(
-            environment_name="staging",
-            operation="upgrade",
-            target="head",
-            actor=None,
-            actor_name="setup",
-            submit=False,
-        )
-        finished = jobs.run_job(job_id=job.id)
-        assert finished.state == "succeeded", finished.error
 
 
 def rollout_row(app, rollout_id: int) -> tuple[str, int]:
@@ -79,7 +64,7 @@ def test_a_request_refused_by_the_gate_says_why_and_creates_nothing(demo_app, pe
 
 
 def test_operator_requests_two_approvers_approve_operator_executes(demo_app, people):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["operator"])
     page = people["operator"].get(f"/rollouts/{rollout_id}").get_data(as_text=True)
     assert 'data-state="pending"' in page and "0 of 2 approvals" in page
@@ -128,7 +113,7 @@ def _wait_for(app, rollout_id: int, state: str, timeout: float = 60) -> None:
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
 def test_a_forged_approval_is_403_and_changes_nothing(demo_app, people, role):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["approver2"])
     for action in ("approve", "reject"):
         response = Auth(people[role]).post(f"/rollouts/{rollout_id}/{action}")
@@ -137,7 +122,7 @@ def test_a_forged_approval_is_403_and_changes_nothing(demo_app, people, role):
 
 
 def test_the_requester_cannot_approve_by_posting_even_as_admin(demo_app, people):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["admin"])
     response = Auth(people["admin"]).post(f"/rollouts/{rollout_id}/approve")
     assert response.status_code == 403
@@ -146,7 +131,7 @@ def test_the_requester_cannot_approve_by_posting_even_as_admin(demo_app, people)
 
 
 def test_executing_before_enough_approvals_is_refused(demo_app, people):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["operator"])
     Auth(people["approver"]).post(f"/rollouts/{rollout_id}/approve")
     response = Auth(people["operator"]).post(f"/rollouts/{rollout_id}/execute")
@@ -156,7 +141,7 @@ def test_executing_before_enough_approvals_is_refused(demo_app, people):
 
 
 def test_a_replayed_approval_counts_once(demo_app, people):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["operator"])
     for _ in range(2):
         assert Auth(people["approver"]).post(f"/rollouts/{rollout_id}/approve").status_code == 303
@@ -164,7 +149,7 @@ def test_a_replayed_approval_counts_once(demo_app, people):
 
 
 def test_the_list_filters_by_state_and_environment(demo_app, people):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     first = request_production(people["operator"])
     second = request_production(people["operator"])
     Auth(people["operator"]).post(f"/rollouts/{second}/cancel")
@@ -177,7 +162,7 @@ def test_the_list_filters_by_state_and_environment(demo_app, people):
 
 
 def test_the_rollout_schema_diff_lists_the_dropped_column(demo_app, people):
-    upgrade_staging(demo_app)
+    upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["operator"])
     html = (
         people["viewer"]

@@ -24,7 +24,7 @@ from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
 from dashboard.users.models import User
-from tests.conftest import app_for_tree, execute
+from tests.conftest import app_for_tree, execute, versions
 
 FAST = {"JOB_LOCK_WAIT_SECONDS": 1.0, "JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_SECONDS": 1.5}
 PEOPLE = {
@@ -94,16 +94,6 @@ def vote_count() -> int:
 def job_count() -> int:
     return db.session.scalar(sa.select(sa.func.count()).select_from(Job))
 
-
-def versions(url) -> list[str]:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            if "alembic_version" not in sa.inspect(connection).get_table_names():
-                return []
-            return sorted(connection.scalars(sa.text("SELECT version_num FROM alembic_version")))
-    finally:
-        engine.dispose()
 
 
 def run_rollout(rollout: Rollout, actor: str = "olga") -> Job:

@@ -13,11 +13,17 @@ from sqlalchemy.engine import URL, make_url
 
 from dashboard.environments.loader import Environment, Project, load_project
 from dashboard.errors import MigrationFailed, ScratchUnavailable
-from dashboard.runner import run_in_child
 from dashboard.schema import compare, diff_revisions, drift, materialize, reflect_schema
 from dashboard.schema.scratch import SCRATCH_PREFIX, scratch_database
 from dashboard.schema.service import compare_live, normalise_default
-from tests.conftest import DEMO_SCRIPTS, SERVERS, execute, table_names, write_environments
+from tests.conftest import (
+    DEMO_SCRIPTS,
+    SERVERS,
+    execute,
+    table_names,
+    upgrade_in_child,
+    write_environments,
+)
 
 
 def project_for(
@@ -68,15 +74,6 @@ def scratch_leftovers(backend: str, scratch_tmp: Path) -> set[str]:
             engine.dispose()
     return {name for name in names if name.startswith(SCRATCH_PREFIX)}
 
-
-def upgrade(environment: Environment, project: Project, target: str = "head") -> None:
-    result = run_in_child(
-        environment=environment,
-        script_location=project.script_location,
-        operation="upgrade",
-        target=target,
-    )
-    assert result.succeeded, "\n".join(result.lines)
 
 
 def keys(diff) -> set[tuple[str, str, str, str]]:
@@ -202,7 +199,7 @@ def test_drift_none_then_a_hand_made_column_and_index_are_reported(
 ):
     build_customer_tree(script_tree)
     project, environment = project_for(tmp_path / "cfg", script_tree.path, database_url)
-    upgrade(environment, project, "r2")
+    upgrade_in_child(environment=environment, project=project, target="r2")
     before = scratch_leftovers(backend, scratch_tmp)
 
     clean = drift(project=project, environment=environment)
@@ -258,8 +255,8 @@ def test_compare_live_between_two_environments(script_tree, databases, tmp_path)
     first, second = databases.create(), databases.create()
     project_a, env_a = project_for(tmp_path / "a", script_tree.path, first)
     project_b, env_b = project_for(tmp_path / "b", script_tree.path, second)
-    upgrade(env_a, project_a, "r2")
-    upgrade(env_b, project_b, "r1")
+    upgrade_in_child(environment=env_a, project=project_a, target="r2")
+    upgrade_in_child(environment=env_b, project=project_b, target="r1")
     diff = compare_live(env_a=env_b, env_b=env_a)
     assert ("table", "added", "orders", "orders") in keys(diff)
     assert compare_live(env_a=env_a, env_b=env_a).is_empty
@@ -322,7 +319,7 @@ def test_without_create_database_and_without_shadow_url_drift_is_unavailable(
 ):
     build_customer_tree(script_tree)
     admin_project, admin_env = project_for(tmp_path / "admin", script_tree.path, database_url)
-    upgrade(admin_env, admin_project, "r2")
+    upgrade_in_child(environment=admin_env, project=admin_project, target="r2")
     url = request.getfixturevalue("restricted_url")
     project, environment = project_for(tmp_path / "cfg", script_tree.path, url)
     before = scratch_leftovers(backend, scratch_tmp)

@@ -9,7 +9,7 @@ from flask.typing import ResponseReturnValue
 
 from dashboard.auth import role_required
 from dashboard.diffs import service as diffs
-from dashboard.environments import get_project
+from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
 from dashboard.htmx import is_htmx_request
@@ -18,12 +18,6 @@ from dashboard.users.models import Role
 
 bp = Blueprint("diffs", __name__)
 
-
-def _environment(name: str) -> Environment:
-    environment = get_project().get(name)
-    if environment is None:
-        abort(404, description=f"There is no environment called “{name}”.")
-    return environment
 
 
 def _request_args() -> dict[str, str]:
@@ -66,7 +60,7 @@ def _fragment_or_page(fragment: str, **context: object) -> str:
 @role_required(Role.VIEWER)
 def diff(name: str) -> ResponseReturnValue:
     """What a plan would do to an environment, or what lies between two revisions."""
-    environment = _environment(name)
+    environment = environment_or_404(name)
     args = _request_args()
     plan, error = None, None
     try:
@@ -80,7 +74,7 @@ def diff(name: str) -> ResponseReturnValue:
 @role_required(Role.VIEWER)
 def schema(name: str) -> ResponseReturnValue:
     """The schema diff of a plan: built at both ends in scratch databases and compared."""
-    environment = _environment(name)
+    environment = environment_or_404(name)
     args = _request_args()
     changes, error = None, None
     try:
@@ -99,7 +93,7 @@ def rehearsal(name: str) -> ResponseReturnValue:
     """Run the plan on a scratch copy at the starting revision and show what really ran."""
     from dashboard.plans.rehearsal import rehearse
 
-    environment = _environment(name)
+    environment = environment_or_404(name)
     args = _request_args()
     result, error = None, None
     try:
@@ -116,7 +110,7 @@ def rehearsal(name: str) -> ResponseReturnValue:
 @role_required(Role.VIEWER)
 def sql_file(name: str) -> ResponseReturnValue:
     """The whole plan's SQL as a file, each step under a comment naming it."""
-    environment = _environment(name)
+    environment = environment_or_404(name)
     args = _request_args()
     try:
         plan = _plan(environment, args)

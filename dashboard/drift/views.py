@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from dashboard.auth import role_required
 from dashboard.drift import get_drift_board
-from dashboard.environments import get_project
+from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
 from dashboard.htmx import is_htmx_request
@@ -16,12 +16,6 @@ from dashboard.users.models import Role
 
 bp = Blueprint("drift", __name__)
 
-
-def _environment(name: str) -> Environment:
-    environment = get_project().get(name)
-    if environment is None:
-        abort(404, description=f"There is no environment called “{name}”.")
-    return environment
 
 
 def _rows() -> list[tuple[Environment, object]]:
@@ -43,7 +37,7 @@ def check() -> ResponseReturnValue:
     """Check one environment (`environment` in the form) or all of them now."""
     project = get_project()
     name = request.form.get("environment", "").strip()
-    targets = [_environment(name)] if name else list(project.environments)
+    targets = [environment_or_404(name)] if name else list(project.environments)
     board = get_drift_board()
     for environment in targets:
         board.check(project=project, environment=environment)
@@ -61,7 +55,7 @@ def compare() -> ResponseReturnValue:
     second = request.args.get("b", "").strip()
     changes, error = None, None
     if first and second:
-        env_a, env_b = _environment(first), _environment(second)
+        env_a, env_b = environment_or_404(first), environment_or_404(second)
         if env_a.name == env_b.name:
             error = "Pick two different environments."
         else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app
+from flask import Flask, abort, current_app
 
 from dashboard.environments.loader import Environment, Project, load_project
 from dashboard.environments.status import EnvironmentStatus, Status, StatusBoard
@@ -13,6 +13,7 @@ __all__ = [
     "Project",
     "Status",
     "StatusBoard",
+    "environment_or_404",
     "get_board",
     "get_project",
     "init_app",
@@ -39,3 +40,11 @@ def get_project() -> Project:
 def get_board() -> StatusBoard:
     """Return the current app's status board."""
     return current_app.extensions["dashboard.status_board"]
+
+
+def environment_or_404(name: str) -> Environment:
+    """Return the environment called `name`, or answer 404 in words."""
+    environment = get_project().get(name)
+    if environment is None:
+        abort(404, description=f"There is no environment called “{name}”.")
+    return environment

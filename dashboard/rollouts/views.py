@@ -7,8 +7,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from dashboard.auth import role_required
-from dashboard.environments import get_project
-from dashboard.environments.loader import Environment
+from dashboard.environments import environment_or_404, get_project
 from dashboard.errors import DashboardError, RolloutForbidden
 from dashboard.extensions import db
 from dashboard.htmx import is_htmx_request
@@ -19,12 +18,6 @@ from dashboard.users.models import Role
 
 bp = Blueprint("rollouts", __name__)
 
-
-def _environment(name: str) -> Environment:
-    environment = get_project().get(name)
-    if environment is None:
-        abort(404, description=f"There is no environment called “{name}”.")
-    return environment
 
 
 def _rollout(rollout_id: int) -> Rollout:
@@ -77,7 +70,7 @@ def new(name: str) -> ResponseReturnValue:
     """The request form, with the plan it will freeze shown first."""
     from dashboard.plans.service import build_plan
 
-    environment = _environment(name)
+    environment = environment_or_404(name)
     target = request.args.get("target", "").strip() or "head"
     plan, error = None, None
     try:
@@ -100,7 +93,7 @@ def new(name: str) -> ResponseReturnValue:
 @role_required(Role.OPERATOR)
 def create(name: str) -> ResponseReturnValue:
     """Request a rollout of the plan the requester reviewed."""
-    environment = _environment(name)
+    environment = environment_or_404(name)
     try:
         created = rollouts.request_rollout(
             environment_name=environment.name,
@@ -137,7 +130,7 @@ def schema(rollout_id: int) -> ResponseReturnValue:
     from dashboard.diffs.service import steps_schema_diff
 
     found = _rollout(rollout_id)
-    environment = _environment(found.environment)
+    environment = environment_or_404(found.environment)
     changes, error = None, None
     try:
         changes = steps_schema_diff(
