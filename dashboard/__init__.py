@@ -18,7 +18,7 @@ def create_app(
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
     import config as config_module
-    from dashboard import audit, cli, drift, environments, error_pages, health, models, templating
+    from dashboard import audit, cli, environments, error_pages, health, models, templating
     from dashboard.auth import security
     from dashboard.auth import views as auth_views
     from dashboard.diffs.views import bp as diffs_bp
@@ -41,7 +41,6 @@ def create_app(
     db.init_app(app)
     migrate.init_app(app, db, directory=str(STORE_MIGRATIONS))
     environments.init_app(app)
-    drift.init_app(app)
     cli.init_app(app)
     rollouts_cli.init_app(app)
     audit.init_app(app)

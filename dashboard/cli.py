@@ -301,17 +301,20 @@ def diff_command(environment: str, target: str) -> None:
 @click.argument("environment", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per environment.")
 def drift_command(environment: str | None, as_json: bool) -> None:
-    """Compare live schemas with their recorded revisions; exit 1 when drift is found."""
-    from dashboard.schema import drift
+    """Compare live schemas with their recorded revisions; exit 1 when drift is found.
+
+    Each report is kept as the environment's newest, so the Overview shows it too.
+    """
+    from dashboard.drift import service as drift
 
     project = get_project()
     names = [environment] if environment else project.names
     reports = []
-    for name in names:
-        env = project.get(name)
-        if env is None:
-            raise click.ClickException(f"There is no environment called {name!r}.")
-        reports.append(drift(project=project, environment=env))
+    try:
+        for name in names:
+            reports.append(drift.check_drift(environment_name=name, checked_by=_cli_actor()))
+    except DashboardError as error:
+        raise _fail(error) from error
     if as_json:
         click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dashboard.audit.models import AuditCheckpoint, AuditEvent
+from dashboard.drift.models import DriftCheck
 from dashboard.extensions import db
 from dashboard.jobs.models import ActiveJob, Job, JobLogLine
 from dashboard.rollouts.models import Rollout, RolloutVote
@@ -12,6 +13,7 @@ __all__ = [
     "ActiveJob",
     "AuditCheckpoint",
     "AuditEvent",
+    "DriftCheck",
     "Job",
     "JobLogLine",
     "LoginFailure",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
 
 from dashboard import create_app
-from tests.conftest import table_names, write_environments
+from tests.conftest import Auth, make_app, table_names, write_environments
 
 DEMO_HEAD = "8d3907739fa1"
 DEMO_MERGE = "1aec4c5d1964"
@@ -154,3 +155,21 @@ def test_drift_exits_non_zero_only_when_a_schema_drifted(demo_app, demo_folder):
     assert drifted.exit_code == 1
     assert "staging: drift" in drifted.output
     assert "customer.nickname" in drifted.output
+
+
+def test_a_drift_check_from_cron_shows_on_every_overview(demo_app, demo_folder, demo_passwords):
+    staging = sa.create_engine(f"sqlite:///{demo_folder / 'demo' / 'staging.db'}")
+    with staging.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE customer ADD COLUMN nickname VARCHAR(40)"))
+    staging.dispose()
+    assert demo_app.test_cli_runner().invoke(args=["dashboard", "drift"]).exit_code == 1
+
+    # Another process (a second web worker) reads the same store.
+    other = make_app(demo_folder)
+    client = other.test_client()
+    Auth(client).login("viewer", demo_passwords["viewer"])
+    overview = client.get("/").get_data(as_text=True)
+    assert "drift: 1 difference" in overview and overview.count("no drift") == 2
+    drift_page = client.get("/drift").get_data(as_text=True)
+    assert re.search(r'data-env="staging" data-drift="drift"', drift_page)
+    assert 'data-name="nickname"' in drift_page

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_login import current_user
 
 from dashboard.auth import role_required
-from dashboard.drift import get_drift_board
+from dashboard.drift import service as drift
 from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
@@ -19,8 +20,8 @@ bp = Blueprint("drift", __name__)
 
 
 def _rows() -> list[tuple[Environment, object]]:
-    board = get_drift_board()
-    return [(env, board.latest(env.name)) for env in get_project().environments]
+    reports = drift.latest_reports()
+    return [(env, reports.get(env.name)) for env in get_project().environments]
 
 
 @bp.get("/drift")
@@ -38,9 +39,8 @@ def check() -> ResponseReturnValue:
     project = get_project()
     name = request.form.get("environment", "").strip()
     targets = [environment_or_404(name)] if name else list(project.environments)
-    board = get_drift_board()
     for environment in targets:
-        board.check(project=project, environment=environment)
+        drift.check_drift(environment_name=environment.name, checked_by=current_user.username)
     if is_htmx_request():
         return render_template("drift/_table.html", rows=_rows())
     return redirect(url_for("drift.index"), code=303)

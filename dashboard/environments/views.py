@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, render_template, request
 
 from dashboard.auth import role_required
-from dashboard.drift import get_drift_board
+from dashboard.drift import service as drift
 from dashboard.environments import get_board, get_project
 from dashboard.environments.status import EnvironmentStatus
 from dashboard.htmx import is_htmx_request
@@ -29,8 +29,7 @@ def overview() -> str:
     """Every environment in promotion order with its status."""
     project = get_project()
     rows = list(zip(project.environments, _statuses(), strict=True))
-    board = get_drift_board()
-    drift_reports = {env.name: board.latest(env.name) for env in project.environments}
+    drift_reports = drift.latest_reports()
     pending_rollouts = {
         env.name: rollouts.pending_count(environment=env.name)
         for env in project.environments

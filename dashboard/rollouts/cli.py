@@ -26,6 +26,8 @@ def rollouts_command(as_json: bool, state: str | None, environment: str | None) 
     if as_json:
         click.echo(json.dumps([rollout.describe() for rollout in listed], indent=2))
         return
+    if not listed:
+        click.echo("no rollouts" + (" match" if state or environment else ""))
     for rollout in listed:
         votes = f"{len(rollout.approvals)}/{rollout.approvals_required}"
         click.echo(
