@@ -22,3 +22,10 @@ def stop_polling(response: Response) -> Response:
     """Answer an htmx poll so that it stops."""
     response.status_code = STOP_POLLING
     return response
+
+
+def into_main(response: Response) -> Response:
+    """Make htmx put this answer (a refusal, say) in the page's main area, whatever asked."""
+    response.headers["HX-Retarget"] = "main"
+    response.headers["HX-Reswap"] = "innerHTML"
+    return response

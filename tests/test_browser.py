@@ -321,6 +321,7 @@ def test_production_rollout_with_two_approvals_end_to_end(
         bea.screenshot(path=str(DOCS / "rollout-approved.png"), full_page=True)
 
         operator.goto(rollout_url)
+        operator.once("dialog", lambda dialog: dialog.accept())
         operator.get_by_role("button", name="Execute").click()
         operator.wait_for_url("**/jobs/*")
         operator.locator('#job-live[data-state="succeeded"]').wait_for(timeout=60_000)
@@ -385,3 +386,27 @@ def test_drift_check_finds_a_hand_made_column_and_compares_environments(
     assert "drift: 1 difference" in page.locator('tr[data-env="staging"]').inner_text()
     page.screenshot(path=str(DOCS / "overview-drift.png"), full_page=True)
     assert page.console_errors == []
+
+
+def test_a_replayed_run_form_shows_why_it_was_refused(browser, live_server, demo_passwords):
+    """Two tabs show the same plan; the second click, after the first ran, is refused in words."""
+    first_context, first = open_tab(browser)
+    second_context, second = open_tab(browser)
+    try:
+        for tab in (first, second):
+            sign_in(tab, live_server, "operator", demo_passwords["operator"])
+            tab.goto(live_server + "/environments/staging")
+            tab.locator("#plan li.step").first.wait_for()
+            tab.on("dialog", lambda dialog: dialog.accept())
+        first.get_by_role("button", name="Run upgrade to head").click()
+        first.wait_for_url("**/jobs/*")
+        first.locator('#job-live[data-state="succeeded"]').wait_for(timeout=30_000)
+
+        second.get_by_role("button", name="Run upgrade to head").click()
+        refusal = second.locator('main [role="alert"][data-status="409"]')
+        refusal.wait_for()
+        assert "plan changed since it was shown" in refusal.inner_text()
+        assert second.url.endswith("/environments/staging")
+    finally:
+        first_context.close()
+        second_context.close()

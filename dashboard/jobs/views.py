@@ -9,7 +9,7 @@ from flask_login import current_user
 from dashboard.auth import role_required
 from dashboard.errors import DashboardError, JobRefused
 from dashboard.extensions import db
-from dashboard.htmx import is_htmx_request, stop_polling
+from dashboard.htmx import into_main, is_htmx_request, stop_polling
 from dashboard.jobs import service as jobs
 from dashboard.users.models import Role
 
@@ -19,10 +19,9 @@ bp = Blueprint("jobs", __name__)
 def _refused(error: DashboardError, environment: str) -> ResponseReturnValue:
     db.session.rollback()
     status = 409 if isinstance(error, JobRefused) else 400
-    page = render_template(
-        "jobs/refused.html", message=str(error), environment=environment, status=status
-    )
-    return page, status
+    template = "jobs/_refused.html" if is_htmx_request() else "jobs/refused.html"
+    page = render_template(template, message=str(error), environment=environment, status=status)
+    return into_main(Response(page, status=status))
 
 
 @bp.post("/environments/<name>/jobs")

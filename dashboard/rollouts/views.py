@@ -10,7 +10,7 @@ from dashboard.auth import role_required
 from dashboard.environments import environment_or_404, get_project
 from dashboard.errors import DashboardError, RolloutForbidden
 from dashboard.extensions import db
-from dashboard.htmx import is_htmx_request
+from dashboard.htmx import into_main, is_htmx_request
 from dashboard.rollouts import policy
 from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout, RolloutState
@@ -41,10 +41,9 @@ def _refused(error: DashboardError, rollout: Rollout | None) -> ResponseReturnVa
     """Render a refusal in words: 403 when the person may not, 409 when a rule says no."""
     db.session.rollback()
     status = 403 if isinstance(error, RolloutForbidden) else 409
-    page = render_template(
-        "rollouts/refused.html", message=str(error), rollout=rollout, status=status
-    )
-    return page, status
+    template = "rollouts/_refused.html" if is_htmx_request() else "rollouts/refused.html"
+    page = render_template(template, message=str(error), rollout=rollout, status=status)
+    return into_main(Response(page, status=status))
 
 
 @bp.get("/rollouts")
