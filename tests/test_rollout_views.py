@@ -71,6 +71,8 @@ def test_operator_requests_two_approvers_approve_operator_executes(demo_app, peo
     assert "You requested this rollout" in page and ">Approve</button>" not in page
     overview = people["viewer"].get("/").get_data(as_text=True)
     assert "1 rollout awaiting approval" in overview
+    production = people["viewer"].get("/environments/production").get_data(as_text=True)
+    assert f'href="/rollouts/{rollout_id}"' in production and 'data-state="pending"' in production
 
     for name in ("approver", "approver2"):
         assert ">Approve</button>" in people[name].get(f"/rollouts/{rollout_id}").get_data(

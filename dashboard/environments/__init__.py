@@ -6,6 +6,7 @@ from flask import Flask, abort, current_app
 
 from dashboard.environments.loader import Environment, Project, load_project
 from dashboard.environments.status import EnvironmentStatus, Status, StatusBoard
+from dashboard.errors import UnknownEnvironment
 
 __all__ = [
     "Environment",
@@ -13,6 +14,7 @@ __all__ = [
     "Project",
     "Status",
     "StatusBoard",
+    "environment_named",
     "environment_or_404",
     "get_board",
     "get_project",
@@ -40,6 +42,14 @@ def get_project() -> Project:
 def get_board() -> StatusBoard:
     """Return the current app's status board."""
     return current_app.extensions["dashboard.status_board"]
+
+
+def environment_named(name: str) -> Environment:
+    """Return the environment called `name`, or raise UnknownEnvironment."""
+    environment = get_project().get(name)
+    if environment is None:
+        raise UnknownEnvironment(f"There is no environment called “{name}”.")
+    return environment
 
 
 def environment_or_404(name: str) -> Environment:

@@ -55,5 +55,13 @@ def environment(name: str) -> str:
         abort(404, description=f"There is no environment called “{name}” in {project.source.name}.")
     statuses = {status.name: status for status in _statuses()}
     graph = get_board().graph()
+    recent_rollouts = rollouts.list_rollouts(environment=name, limit=5) if env.protected else []
     template = "environments/_detail.html" if is_htmx_request() else "environments/environment.html"
-    return render_template(template, project=project, env=env, status=statuses[name], graph=graph)
+    return render_template(
+        template,
+        project=project,
+        env=env,
+        status=statuses[name],
+        graph=graph,
+        recent_rollouts=recent_rollouts,
+    )

@@ -6,21 +6,21 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import sqlalchemy as sa
 from flask import current_app
 
 from dashboard import alembic_adapter
 from dashboard.audit import service as audit
-from dashboard.environments import get_board, get_project
+from dashboard.clock import as_aware, utcnow
+from dashboard.environments import environment_named, get_board, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import (
     DashboardError,
     EnvironmentUnreachable,
     JobAlreadyRunning,
     JobRefused,
-    UnknownEnvironment,
 )
 from dashboard.extensions import db
 from dashboard.jobs.locks import lock_is_free
@@ -32,21 +32,7 @@ OPERATIONS = ("upgrade", "downgrade", "stamp")
 _DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.IGNORECASE)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
 
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _environment(name: str) -> Environment:
-    environment = get_project().get(name)
-    if environment is None:
-        raise UnknownEnvironment(f"There is no environment called “{name}”.")
-    return environment
 
 
 def get_job(*, job_id: int) -> Job | None:
@@ -113,7 +99,7 @@ def request_job(
     On a protected environment the job must carry `rollout_id`: an approved rollout for
     exactly this environment, direction, target and plan fingerprint (see dashboard.rollouts).
     """
-    environment = _environment(environment_name)
+    environment = environment_named(environment_name)
     _check_rules(environment=environment, operation=operation, actor=actor, rollout_id=rollout_id)
     if rollout_id is not None and operation == "stamp":
         raise JobRefused("A rollout runs an upgrade or a downgrade, never a stamp.")
@@ -208,7 +194,7 @@ def request_job(
 def _already_running(job: Job | None) -> JobAlreadyRunning:
     if job is None:
         return JobAlreadyRunning("Another job on this environment was just queued: try again.")
-    started = _aware(job.started_at or job.created_at)
+    started = as_aware(job.started_at or job.created_at)
     return JobAlreadyRunning(
         f"{job.environment} already has job #{job.id} ({job.operation} to "
         f"{job.requested_target}, {job.state}), started by {job.requested_by} at "
@@ -237,7 +223,7 @@ def cancel_job(*, job_id: int, actor: User | None, actor_name: str | None = None
     if job.state != JobState.QUEUED:
         raise JobRefused(f"Job #{job.id} is {job.state}; only a queued job can be cancelled.")
     job.state = JobState.CANCELLED.value
-    job.finished_at = _now()
+    job.finished_at = utcnow()
     _release_guard(job)
     audit.record(
         action="job.cancelled",
@@ -272,8 +258,8 @@ def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
         query = query.where(Job.environment == environment)
     reaped = []
     for job in db.session.scalars(query).all():
-        beat = _aware(job.heartbeat_at or job.started_at or job.created_at)
-        if beat is None or _now() - beat < stale_after:
+        beat = as_aware(job.heartbeat_at or job.started_at or job.created_at)
+        if beat is None or utcnow() - beat < stale_after:
             continue
         target = get_project().get(job.environment)
         if target is not None and target.url is not None:
@@ -288,7 +274,7 @@ def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
             if not free:
                 continue
         job.state = JobState.INTERRUPTED.value
-        job.finished_at = _now()
+        job.finished_at = utcnow()
         job.error = (
             "The process supervising this job stopped (its heartbeat went stale) and the "
             "database's migration lock is free: the run was interrupted. Check the environment's "
@@ -321,7 +307,7 @@ class _Heartbeat:
         with self.app.app_context():
             while not self.stop.wait(self.every):
                 db.session.execute(
-                    sa.update(Job).where(Job.id == self.job_id).values(heartbeat_at=_now())
+                    sa.update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow())
                 )
                 db.session.commit()
 
@@ -340,9 +326,9 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
     job = db.session.get(Job, job_id)
     if job is None or job.state != JobState.QUEUED:
         return job
-    environment = _environment(job.environment)
+    environment = environment_named(job.environment)
     job.state = JobState.RUNNING.value
-    job.started_at = job.heartbeat_at = _now()
+    job.started_at = job.heartbeat_at = utcnow()
     audit.record(
         action="job.started",
         actor=None,
@@ -363,7 +349,7 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
             kind, text = "log", raw
         counter["number"] += 1
         db.session.add(
-            JobLogLine(job_id=job_id, number=counter["number"], kind=kind, text=text, at=_now())
+            JobLogLine(job_id=job_id, number=counter["number"], kind=kind, text=text, at=utcnow())
         )
         db.session.commit()
         if on_line is not None:
@@ -407,7 +393,7 @@ def _finish(*, job_id: int, result, environment: Environment, statements: list[s
     except EnvironmentUnreachable as error:
         job.to_revisions = None
         job.error = f"could not re-read the revision afterwards: {error}"
-    job.finished_at = _now()
+    job.finished_at = utcnow()
     if result.succeeded:
         job.state = JobState.SUCCEEDED.value
         action = "job.succeeded"

@@ -13,7 +13,7 @@ BEGIN IMMEDIATE) so two approvers voting at once both count, and a rollout runs 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +22,8 @@ from flask import current_app
 
 from dashboard import alembic_adapter
 from dashboard.audit import service as audit
-from dashboard.environments import get_project
+from dashboard.clock import as_aware, utcnow
+from dashboard.environments import environment_named, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import (
     ApprovalRequired,
@@ -33,7 +34,6 @@ from dashboard.errors import (
     RolloutForbidden,
     RolloutRefused,
     RolloutStale,
-    UnknownEnvironment,
 )
 from dashboard.extensions import db
 from dashboard.jobs.models import Job, JobState
@@ -45,22 +45,7 @@ OPEN_STATES = (RolloutState.PENDING.value, RolloutState.APPROVED.value)
 MAX_TICKET_URL = 500
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
 
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite and MariaDB hand back naive datetimes; we only ever store UTC.
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _environment(name: str) -> Environment:
-    environment = get_project().get(name)
-    if environment is None:
-        raise UnknownEnvironment(f"There is no environment called “{name}”.")
-    return environment
 
 
 def _timeout() -> float:
@@ -195,7 +180,7 @@ def _approvers(rollout: Rollout) -> set[int]:
 
 def expire_due_rollouts() -> list[Rollout]:
     """Mark open rollouts past their expiry as expired (audited once); commit if any."""
-    now = _now()
+    now = utcnow()
     rows = db.session.execute(
         sa.select(Rollout.id, Rollout.expires_at).where(
             Rollout.state.in_(OPEN_STATES), Rollout.expires_at.is_not(None)
@@ -203,7 +188,7 @@ def expire_due_rollouts() -> list[Rollout]:
     ).all()
     expired = []
     for rollout_id, expires_at in rows:
-        if _aware(expires_at) > now:
+        if as_aware(expires_at) > now:
             continue
         # Lock and look again: another process may have expired or executed it meanwhile.
         rollout = _locked(rollout_id)
@@ -219,28 +204,28 @@ def _is_due(rollout: Rollout, now: datetime) -> bool:
     return (
         rollout.state in OPEN_STATES
         and rollout.expires_at is not None
-        and _aware(rollout.expires_at) <= now
+        and as_aware(rollout.expires_at) <= now
     )
 
 
 def _mark_expired(rollout: Rollout) -> None:
     rollout.state = RolloutState.EXPIRED.value
-    rollout.finished_at = _now()
+    rollout.finished_at = utcnow()
     rollout.state_reason = (
-        f"it expired at {_aware(rollout.expires_at):%Y-%m-%d %H:%M} UTC before it was executed"
+        f"it expired at {as_aware(rollout.expires_at):%Y-%m-%d %H:%M} UTC before it was executed"
     )
     audit.record(
         action="rollout.expired",
         actor=None,
         actor_name="system",
         environment=rollout.environment,
-        details=_details(rollout, expires_at=_aware(rollout.expires_at).isoformat()),
+        details=_details(rollout, expires_at=as_aware(rollout.expires_at).isoformat()),
     )
 
 
 def _refuse_if_expired(rollout: Rollout) -> None:
     """Expire a due rollout now (committed and audited), then refuse the act."""
-    if _is_due(rollout, _now()):
+    if _is_due(rollout, utcnow()):
         _mark_expired(rollout)
         db.session.commit()
         raise RolloutRefused(f"Rollout #{rollout.id} has expired: request it again.")
@@ -268,7 +253,7 @@ def promotion_gate(
 ) -> str | None:
     """Return why promotion order forbids these targets here, or None when it allows them."""
     if isinstance(environment, str):
-        environment = _environment(environment)
+        environment = environment_named(environment)
     targets = [revision for revision in target_revisions if revision != "base"]
     if not environment.after or not targets:
         return None
@@ -329,7 +314,7 @@ def request_rollout(
     refused (RolloutForbidden); from an admin it is used only if the gate actually refuses.
     """
     actor = _signed_in(actor, "request a rollout")
-    environment = _environment(environment_name)
+    environment = environment_named(environment_name)
     if not actor.has_role(Role.OPERATOR):
         raise RolloutForbidden("Requesting a rollout needs the operator role or higher.")
     if not environment.protected:
@@ -371,7 +356,7 @@ def request_rollout(
         )
 
     lifetime = _lifetime()
-    now = _now()
+    now = utcnow()
     rollout = Rollout(
         environment=environment.name,
         direction=direction,
@@ -472,7 +457,7 @@ def _vote(
         username=actor.username,
         decision=decision.value,
         comment=comment,
-        at=_now(),
+        at=utcnow(),
     )
     db.session.add(vote)
     try:
@@ -483,7 +468,7 @@ def _vote(
         return db.session.get(Rollout, rollout_id)
     if decision == VoteDecision.REJECT:
         rollout.state = RolloutState.REJECTED.value
-        rollout.decided_at = rollout.finished_at = _now()
+        rollout.decided_at = rollout.finished_at = utcnow()
         rollout.state_reason = f"rejected by {actor.username}" + (f": {comment}" if comment else "")
         action = "rollout.rejected"
         extra: dict[str, Any] = {}
@@ -491,7 +476,7 @@ def _vote(
         count, required = len(_approvers(rollout)), approvals_required(rollout=rollout)
         if count >= required and rollout.state == RolloutState.PENDING:
             rollout.state = RolloutState.APPROVED.value
-            rollout.decided_at = _now()
+            rollout.decided_at = utcnow()
         action = "rollout.approved"
         extra = {"approvals": count, "approvals_required": required}
     audit.record(
@@ -519,7 +504,7 @@ def cancel_rollout(*, rollout_id: int, actor: User | None, comment: str | None =
         )
     comment = (comment or "").strip() or None
     rollout.state = RolloutState.CANCELLED.value
-    rollout.decided_at = rollout.finished_at = _now()
+    rollout.decided_at = rollout.finished_at = utcnow()
     rollout.state_reason = f"cancelled by {actor.username}" + (f": {comment}" if comment else "")
     audit.record(
         action="rollout.cancelled",
@@ -556,7 +541,7 @@ def execute_rollout(*, rollout_id: int, actor: User | None, submit: bool = True)
     # Let go of the store while planning against the target (SQLite: the write lock).
     db.session.commit()
 
-    environment = _environment(frozen["environment"])
+    environment = environment_named(frozen["environment"])
     try:
         plan = build_plan(
             project=get_project(),
@@ -639,7 +624,7 @@ def _mark_stale(rollout_id: int, reason: str, actor: User) -> None:
         db.session.rollback()
         return
     rollout.state = RolloutState.STALE.value
-    rollout.finished_at = _now()
+    rollout.finished_at = utcnow()
     rollout.state_reason = reason
     audit.record(
         action="rollout.stale",
@@ -665,7 +650,7 @@ def claim_for_job(
         problem = f"rollout #{rollout.id} is for a {rollout.direction} of {rollout.environment}"
     elif rollout.state != RolloutState.APPROVED:
         problem = f"rollout #{rollout.id} is {rollout.state}, not approved"
-    elif _is_due(rollout, _now()):
+    elif _is_due(rollout, utcnow()):
         problem = f"rollout #{rollout.id} has expired"
     elif len(_approvers(rollout)) < approvals_required(rollout=rollout):
         problem = f"rollout #{rollout.id} does not have its approvals"
@@ -683,7 +668,7 @@ def start_execution(*, rollout: Rollout, job: Job, actor: User | None) -> None:
     job.reason = f"rollout #{rollout.id}: {rollout.reason}"
     rollout.state = RolloutState.EXECUTING.value
     rollout.job_id = job.id
-    rollout.executed_at = _now()
+    rollout.executed_at = utcnow()
     audit.record(
         action="rollout.executed",
         actor=actor,
@@ -700,7 +685,7 @@ def job_finished(*, job: Job) -> Rollout | None:
     rollout = db.session.get(Rollout, job.rollout_id, with_for_update=True, populate_existing=True)
     if rollout is None or rollout.state != RolloutState.EXECUTING:
         return rollout
-    rollout.finished_at = _now()
+    rollout.finished_at = utcnow()
     if job.state == JobState.SUCCEEDED:
         rollout.state = RolloutState.EXECUTED.value
         rollout.state_reason = None
