@@ -172,3 +172,24 @@ def test_the_rollout_schema_diff_lists_the_dropped_column(demo_app, people):
         .get_data(as_text=True)
     )
     assert 'class="change dropped" data-kind="column" data-table="customer"' in html
+
+
+def test_an_admin_overrides_the_gate_in_writing_and_the_rollout_says_so(demo_app, people):
+    form = people["admin"].get("/environments/production/rollouts/new").get_data(as_text=True)
+    assert 'name="override_justification"' in form
+    assert 'name="override_justification"' not in people["operator"].get(
+        "/environments/production/rollouts/new"
+    ).get_data(as_text=True)
+
+    response = Auth(people["admin"]).post(
+        "/environments/production/rollouts",
+        {
+            "target": "head",
+            "reason": "hotfix",
+            "override_justification": "staging is being rebuilt; INC-7 signed off",
+        },
+    )
+    assert response.status_code == 303
+    page = people["viewer"].get(response.headers["Location"]).get_data(as_text=True)
+    assert "Promotion gate overridden by admin: staging is being rebuilt; INC-7 signed off" in page
+    assert 'data-action="rollout.override"' in page
