@@ -634,13 +634,15 @@ def render_offline_sql(
     version_table: str = "alembic_version",
     version_table_schema: str | None = None,
     python_path: Iterable[Path] = (),
+    session: dict[str, Any] | None = None,
 ) -> str:
     """Render one upgrade or downgrade step as SQL for `url`'s dialect, without connecting.
 
     The step starts from `from_revisions` (the version table's rows before it), so a merge or
     a new branch renders the same version-table statements a real run would. Run this in a
     child process: it executes the managed app's env.py. Raise OfflineRenderError with a
-    short reason when the step needs a live database.
+    short reason when the step needs a live database. Steps of one plan share a `session`
+    dict: the parsed script directory is then read once, not once per step.
     """
     import io
 
@@ -651,11 +653,18 @@ def render_offline_sql(
 
     script_location = Path(script_location)
     sql_output = io.StringIO()
-    config = _alembic_config(script_location, url, stdout=io.StringIO())
+    session = {} if session is None else session
+    if "config" not in session:
+        session["config"] = _alembic_config(script_location, url, stdout=io.StringIO())
+        session["app"] = _flask_migrate_app(
+            script_location, url, version_table, version_table_schema
+        )
+    config, app = session["config"], session["app"]
     config.output_buffer = sql_output
-    app = _flask_migrate_app(script_location, url, version_table, version_table_schema)
     with _on_sys_path(python_path), app.app_context():
-        script = ScriptDirectory.from_config(config)
+        if "script" not in session:
+            session["script"] = ScriptDirectory.from_config(config)
+        script = session["script"]
         try:
             revision = script.get_revision(revision_id)
         except CommandError as error:

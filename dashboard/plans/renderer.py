@@ -112,6 +112,7 @@ def main() -> int:
     url = make_url(os.environ.pop(URL_VARIABLE))
     answer = sys.stdout
     results = []
+    session: dict = {}  # one parsed script directory for every step of this plan
     # Anything env.py or a script prints must not corrupt the JSON answer: send it to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         for step in spec["steps"]:
@@ -125,6 +126,7 @@ def main() -> int:
                     version_table=spec.get("version_table") or "alembic_version",
                     version_table_schema=spec.get("version_table_schema"),
                     python_path=[Path(folder) for folder in spec.get("python_path", [])],
+                    session=session,
                 )
             except OfflineRenderError as error:
                 results.append({"revision": step["revision"], "sql": None, "reason": str(error)})
