@@ -88,6 +88,12 @@ def _check_config(app: Flask, config_module: Any) -> None:
             raise ConfigurationError(
                 f"{variable} must be a positive number of seconds, not {value!r}"
             )
+    lifetime = app.config["ROLLOUT_LIFETIME_HOURS"]
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime < 0:
+        raise ConfigurationError(
+            "DASHBOARD_ROLLOUT_LIFETIME_HOURS must be a number of hours (0 = never), "
+            f"not {lifetime!r}"
+        )
     if app.config.get("REQUIRE_REAL_SECRET_KEY"):
         secret = app.config.get("SECRET_KEY") or ""
         if secret == config_module.INSECURE_SECRET_KEY or len(secret) < 32:

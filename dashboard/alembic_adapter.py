@@ -433,6 +433,26 @@ def resolve_steps(
     )
 
 
+def resolve_revisions(
+    *, script_location: Path, text: str, python_path: Iterable[Path] = ()
+) -> tuple[str, ...]:
+    """Return the revisions `text` names: () for base, the head for head, else its full id."""
+    from dashboard.errors import PlanError
+
+    text = (text or "").strip()
+    if text in ("", "base"):
+        return ()
+    python_path = tuple(python_path)
+    if text in ("head", "heads"):
+        heads = load_graph(script_location, python_path).heads
+        if text == "head" and len(heads) > 1:
+            raise PlanError(
+                f"multiple heads: name one ({', '.join(sorted(heads))}); 'head' is ambiguous"
+            )
+        return tuple(heads)
+    return (_resolve_revision_id(script_location, python_path, text),)
+
+
 def _resolve_revision_id(script_location: Path, python_path: tuple[Path, ...], text: str) -> str:
     """Return the full id for a full or unique partial revision id (or a branch label)."""
     from alembic.script.revision import MultipleHeads, RevisionError

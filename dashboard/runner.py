@@ -36,6 +36,16 @@ class RunResult:
     def succeeded(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def failure_reason(self) -> str:
+        """Say why a failed run failed: its last ERROR line, else its last lines of output."""
+        errors = [line for line in self.lines if line.startswith("ERROR:")]
+        if errors:
+            return errors[-1].removeprefix("ERROR:").strip()
+        tail = [line.strip() for line in self.lines if line.strip()]
+        tail = [line for line in tail if not line.startswith(SQL_MARKER)][-3:]
+        return " ".join(tail) or f"the runner exited with code {self.returncode}"
+
 
 def run_in_child(
     *,

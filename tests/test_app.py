@@ -98,3 +98,12 @@ def test_unknown_config_name_is_refused(demo_environments):
 def test_default_store_lives_in_the_instance_folder(demo_environments):
     app = create_app("testing", {"ENVIRONMENTS_FILE": str(demo_environments)})
     assert app.config["SQLALCHEMY_DATABASE_URI"].endswith("/instance/dashboard.db")
+
+
+@pytest.mark.parametrize("hours", [-1, "soon"])
+def test_a_bad_rollout_lifetime_stops_start_up_naming_the_variable(demo_environments, hours):
+    with pytest.raises(ConfigurationError, match="DASHBOARD_ROLLOUT_LIFETIME_HOURS must be"):
+        create_app(
+            "testing",
+            {"ENVIRONMENTS_FILE": str(demo_environments), "ROLLOUT_LIFETIME_HOURS": hours},
+        )

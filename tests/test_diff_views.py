@@ -171,3 +171,15 @@ def test_compare_staging_with_production_lists_what_differs(clients):
     assert ("dropped", "column", "customer") in changes  # display_name only in staging
     same = clients["viewer"].get("/drift/compare?a=dev&b=dev").get_data(as_text=True)
     assert "Pick two different environments" in same
+
+
+def test_a_diff_from_a_short_id_to_an_empty_target_goes_to_head(demo_client):
+    html = demo_client.get(f"/environments/dev/diff?from={ADD_DISPLAY_NAME[:7]}&to=").get_data(
+        as_text=True
+    )
+    assert rows_of(html, "data-revision") == [
+        BACKFILL,
+        DROP_USERNAME,
+        "a86d1732ddb4",
+        "8d3907739fa1",
+    ]

@@ -117,26 +117,21 @@ def plan_schema_diff(*, project: Project, environment: Environment, plan: Plan) 
     )
 
 
-def _resolve(graph: RevisionGraph, text: str) -> tuple[str, ...]:
-    text = text.strip()
-    if text in ("", "base"):
-        return ()
-    if text in graph:
-        return (text,)
-    matches = [revision.id for revision in graph.revisions if revision.id.startswith(text)]
-    if len(matches) == 1:
-        return (matches[0],)
-    if matches:
-        raise PlanError(f"“{text}” matches several revisions: {', '.join(sorted(matches))}")
-    raise PlanError(f"No revision “{text}” is in the script directory.")
-
-
 def revision_plan(
     *, project: Project, environment: Environment, from_revision: str, to_revision: str
 ) -> Plan:
     """Plan the way from one revision to another on `environment`'s dialect (upgrade or down)."""
     graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
-    start, end = _resolve(graph, from_revision), _resolve(graph, to_revision)
+    start, end = (
+        alembic_adapter.resolve_revisions(
+            script_location=project.script_location,
+            text=text,
+            python_path=environment.python_path,
+        )
+        for text in (from_revision, to_revision)
+    )
+    if len(end) > 1:
+        raise PlanError(f"{to_revision} names several revisions ({', '.join(end)}): name one")
     if start == end:
         raise PlanError("Pick two different revisions to compare.")
     if set(start) <= graph.ancestors(end):

@@ -30,11 +30,7 @@ def overview() -> str:
     project = get_project()
     rows = list(zip(project.environments, _statuses(), strict=True))
     drift_reports = drift.latest_reports()
-    pending_rollouts = {
-        env.name: rollouts.pending_count(environment=env.name)
-        for env in project.environments
-        if env.protected
-    }
+    pending_rollouts = rollouts.pending_counts()
     template = "environments/_table.html" if is_htmx_request() else "environments/overview.html"
     return render_template(
         template,

@@ -32,9 +32,6 @@ OPERATIONS = ("upgrade", "downgrade", "stamp")
 _DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.IGNORECASE)
 
 
-
-
-
 def get_job(*, job_id: int) -> Job | None:
     """Return the job with this id, or None."""
     return db.session.get(Job, job_id)
@@ -400,13 +397,11 @@ def _finish(*, job_id: int, result, environment: Environment, statements: list[s
     else:
         job.state = JobState.FAILED.value
         action = "job.failed"
-        errors = [line for line in result.lines if line.startswith("ERROR:")]
-        reason = errors[-1].removeprefix("ERROR:").strip() if errors else ""
-        if result.returncode == LOCK_BUSY_EXIT:
-            reason = reason or "another process holds the migration lock"
-        elif not reason:
-            tail = [line for line in result.lines if not line.startswith(SQL_MARKER)][-3:]
-            reason = " ".join(tail) or f"the runner exited with code {result.returncode}"
+        reason = result.failure_reason
+        if result.returncode == LOCK_BUSY_EXIT and not any(
+            line.startswith("ERROR:") for line in result.lines
+        ):
+            reason = "another process holds the migration lock"
         ddl = [statement for statement in statements if _DDL.match(statement)]
         if environment.dialect in ("mysql", "mariadb") and ddl:
             job.half_applied = True

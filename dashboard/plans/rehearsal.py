@@ -305,8 +305,6 @@ def _run_step(
     introspection: list[str] = []
     started: float | None = None
     first_statement: float | None = None
-    errors: list[str] = []
-    others: list[str] = []
     for arrived, line in arrivals:
         if line.startswith(SQL_MARKER):
             statement = json.loads(line[len(SQL_MARKER) :])
@@ -318,22 +316,15 @@ def _run_step(
                     first_statement = arrived
         elif f"Running {direction} " in line and started is None:
             started = arrived
-        elif line.startswith("ERROR:"):
-            errors.append(line.removeprefix("ERROR:").strip())
-        elif line.strip():
-            others.append(line.strip())
     start = started if started is not None else first_statement
     duration = arrivals[-1][0] - start if start is not None and arrivals else 0.0
-    error = None
-    if not outcome.succeeded:
-        error = errors[-1] if errors else " ".join(others[-3:]) or "the step failed"
     return RehearsedStep(
         revision_id=step.revision_id,
         message=step.message,
         statements=tuple(statements),
         duration_seconds=duration,
         succeeded=outcome.succeeded,
-        error=error,
+        error=None if outcome.succeeded else outcome.failure_reason,
         warnings=tuple(
             statement_warnings(
                 statements,

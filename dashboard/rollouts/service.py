@@ -27,7 +27,6 @@ from dashboard.environments import environment_named, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import (
     ApprovalRequired,
-    ConfigurationError,
     EnvironmentUnreachable,
     JobRefused,
     PlanError,
@@ -45,19 +44,13 @@ OPEN_STATES = (RolloutState.PENDING.value, RolloutState.APPROVED.value)
 MAX_TICKET_URL = 500
 
 
-
-
-
 def _timeout() -> float:
     return current_app.config["STATUS_CONNECT_TIMEOUT"]
 
 
 def _lifetime() -> timedelta | None:
-    hours = current_app.config.get("ROLLOUT_LIFETIME_HOURS", 72.0)
-    if isinstance(hours, bool) or not isinstance(hours, int | float) or hours < 0:
-        raise ConfigurationError(
-            f"DASHBOARD_ROLLOUT_LIFETIME_HOURS must be a number of hours (0 = never), not {hours!r}"
-        )
+    # Checked at start-up (create_app): a number of hours, 0 = never.
+    hours = current_app.config["ROLLOUT_LIFETIME_HOURS"]
     return timedelta(hours=hours) if hours else None
 
 
@@ -142,17 +135,21 @@ def list_rollouts(
     return list(db.session.scalars(query))
 
 
-def pending_count(*, environment: str | None = None) -> int:
-    """Return how many rollouts await approval."""
+def pending_counts() -> dict[str, int]:
+    """Return how many rollouts await approval, per environment (one query)."""
     expire_due_rollouts()
-    query = (
-        sa.select(sa.func.count())
-        .select_from(Rollout)
+    rows = db.session.execute(
+        sa.select(Rollout.environment, sa.func.count())
         .where(Rollout.state == RolloutState.PENDING.value)
+        .group_by(Rollout.environment)
     )
-    if environment:
-        query = query.where(Rollout.environment == environment)
-    return db.session.scalar(query) or 0
+    return {environment: count for environment, count in rows}
+
+
+def pending_count(*, environment: str | None = None) -> int:
+    """Return how many rollouts await approval, in one environment or in all."""
+    counts = pending_counts()
+    return counts.get(environment, 0) if environment else sum(counts.values())
 
 
 def approvals_required(*, rollout: Rollout) -> int:
@@ -473,7 +470,7 @@ def _vote(
         action = "rollout.rejected"
         extra: dict[str, Any] = {}
     else:
-        count, required = len(_approvers(rollout)), approvals_required(rollout=rollout)
+        count, required = approval_count(rollout=rollout), approvals_required(rollout=rollout)
         if count >= required and rollout.state == RolloutState.PENDING:
             rollout.state = RolloutState.APPROVED.value
             rollout.decided_at = utcnow()
@@ -572,7 +569,7 @@ def execute_rollout(*, rollout_id: int, actor: User | None, submit: bool = True)
 
 def _check_executable(rollout: Rollout) -> None:
     if rollout.state == RolloutState.PENDING:
-        count, required = len(_approvers(rollout)), approvals_required(rollout=rollout)
+        count, required = approval_count(rollout=rollout), approvals_required(rollout=rollout)
         raise _refuse(
             ApprovalRequired(
                 f"Rollout #{rollout.id} has {count} of {required} approvals: it runs only once "
@@ -588,7 +585,7 @@ def _check_executable(rollout: Rollout) -> None:
         raise _refuse(
             RolloutRefused(f"Rollout #{rollout.id} is {rollout.state}{reason}: it cannot run.")
         )
-    count, required = len(_approvers(rollout)), approvals_required(rollout=rollout)
+    count, required = approval_count(rollout=rollout), approvals_required(rollout=rollout)
     if count < required:
         # environments.yaml may have raised `approvals` since the rollout was approved.
         raise _refuse(
@@ -652,7 +649,7 @@ def claim_for_job(
         problem = f"rollout #{rollout.id} is {rollout.state}, not approved"
     elif _is_due(rollout, utcnow()):
         problem = f"rollout #{rollout.id} has expired"
-    elif len(_approvers(rollout)) < approvals_required(rollout=rollout):
+    elif approval_count(rollout=rollout) < approvals_required(rollout=rollout):
         problem = f"rollout #{rollout.id} does not have its approvals"
     elif target != rollout.target_revision or fingerprint != rollout.fingerprint:
         problem = f"rollout #{rollout.id} was approved for a different plan"

@@ -81,7 +81,7 @@ def new(name: str) -> ResponseReturnValue:
     gate = None
     if plan is not None and not plan.is_empty:
         gate = rollouts.promotion_gate(
-            environment=environment, target_revisions=(plan.revision_ids[-1],)
+            environment=environment, target_revisions=(plan.alembic_target,)
         )
     return render_template(
         "rollouts/new.html", env=environment, target=target, plan=plan, error=error, gate=gate

@@ -47,7 +47,7 @@ from dashboard.errors import (
     EnvironmentUnreachable,
     MigrationFailed,
 )
-from dashboard.runner import SQL_MARKER, run_in_child
+from dashboard.runner import run_in_child
 from dashboard.schema.scratch import scratch_database
 
 REFLECT_TIMEOUT = 5.0
@@ -429,11 +429,8 @@ def materialize(
                 target=target,
             )
             if not result.succeeded:
-                output = [line for line in result.lines if not line.startswith(SQL_MARKER)]
-                errors = [line for line in output if line.startswith("ERROR:")]
-                tail = errors[-1] if errors else " ".join(output[-3:])
                 raise MigrationFailed(
-                    f"building a scratch database at {target} failed: {tail}".strip()
+                    f"building a scratch database at {target} failed: {result.failure_reason}"
                 )
         yield url
 
