@@ -20,13 +20,21 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError, to_tuple
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, StaticPool
 
-from dashboard.errors import EnvironmentUnreachable, MigrationFailed, ScriptDirectoryError
+from dashboard.errors import (
+    EnvironmentUnreachable,
+    MigrationFailed,
+    OfflineRenderError,
+    PlanChanged,
+    PlanError,
+    ScriptDirectoryError,
+)
 from dashboard.redact import redact
 
 _CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
@@ -270,11 +278,16 @@ def _flask_migrate_app(
     url: URL,
     version_table: str,
     version_table_schema: str | None,
+    *,
+    configure_args: dict[str, Any] | None = None,
+    one_connection: bool = False,
 ) -> Any:
     """A minimal Flask app whose migrate extension carries this environment's engine.
 
     A stock Flask-Migrate env.py reads its engine and configure arguments from
-    `current_app.extensions['migrate']` and ignores `sqlalchemy.url`.
+    `current_app.extensions['migrate']` and ignores `sqlalchemy.url`. With `one_connection`
+    the engine keeps a single database session for the app's whole life (StaticPool): the
+    runner takes the migration lock on it, and env.py migrates on that very session.
     """
     from flask import Flask
     from flask_migrate import Migrate
@@ -282,43 +295,187 @@ def _flask_migrate_app(
 
     app = Flask("dashboard_runner")
     app.config["SQLALCHEMY_DATABASE_URI"] = url.render_as_string(hide_password=False)
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"poolclass": NullPool}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = (
+        {"poolclass": StaticPool, "connect_args": connect_args(url, 10.0)}
+        if one_connection
+        else {"poolclass": NullPool}
+    )
     db = SQLAlchemy()
     db.init_app(app)
-    configure_args: dict[str, Any] = {"version_table": version_table}
+    options: dict[str, Any] = {"version_table": version_table, **(configure_args or {})}
     if version_table_schema:
-        configure_args["version_table_schema"] = version_table_schema
-    Migrate(app, db, directory=str(script_location), **configure_args)
+        options["version_table_schema"] = version_table_schema
+    Migrate(app, db, directory=str(script_location), **options)
     return app
+
+
+@contextmanager
+def _configure_defaults(
+    defaults: dict[str, Any], on_version_apply: Any | None = None
+) -> Iterator[None]:
+    """Give every context.configure() env.py makes our defaults under its own arguments.
+
+    Neither a plain Alembic env.py nor Flask-Migrate's offline branch passes extra configure
+    arguments through, so this is the one place where ours (`configure_args:`, the offline
+    paramstyle, the step observer) reach Alembic. What env.py passes itself wins.
+    """
+    original = EnvironmentContext.configure
+
+    def configure(self: EnvironmentContext, *args: Any, **kwargs: Any) -> None:
+        merged = {**defaults, **kwargs}
+        if "dialect_opts" in defaults and "dialect_opts" in kwargs:
+            merged["dialect_opts"] = {**defaults["dialect_opts"], **(kwargs["dialect_opts"] or {})}
+        if on_version_apply is not None:
+            callbacks = to_tuple(kwargs.get("on_version_apply"), default=())
+            merged["on_version_apply"] = (*callbacks, on_version_apply)
+        return original(self, *args, **merged)
+
+    EnvironmentContext.configure = configure  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        EnvironmentContext.configure = original  # type: ignore[method-assign]
+
+
+def env_py_builds_its_engine(script_location: Path) -> bool:
+    """Whether env.py makes its own engine (plain Alembic) rather than the Flask app's."""
+    try:
+        source = (Path(script_location) / "env.py").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return "current_app" not in source
+
+
+def migration_app(
+    *,
+    script_location: Path,
+    url: URL,
+    version_table: str,
+    version_table_schema: str | None,
+    configure_args: dict[str, Any] | None = None,
+) -> Any:
+    """The Flask app a runner migrates through: one database session for the whole run."""
+    return _flask_migrate_app(
+        Path(script_location),
+        url,
+        version_table,
+        version_table_schema,
+        configure_args=configure_args,
+        one_connection=True,
+    )
+
+
+def app_engine(app: Any) -> Engine:
+    """The engine of a migration app (call inside its app context)."""
+    return app.extensions["migrate"].db.engine
+
+
+def current_heads(
+    connection: sa.Connection, *, version_table: str, version_table_schema: str | None
+) -> tuple[str, ...]:
+    """Return the revisions recorded in the version table, read on `connection`."""
+    context = MigrationContext.configure(
+        connection,
+        opts={"version_table": version_table, "version_table_schema": version_table_schema},
+    )
+    return tuple(sorted(context.get_current_heads()))
+
+
+@dataclass(frozen=True)
+class AppliedStep:
+    """One step Alembic finished (its version row written), as on_version_apply reports it."""
+
+    revision_id: str
+    is_upgrade: bool
 
 
 def run_command(
     *,
+    app: Any,
     script_location: Path,
     url: URL,
     operation: str,
     target: str,
-    version_table: str = "alembic_version",
-    version_table_schema: str | None = None,
     python_path: Iterable[Path] = (),
+    configure_args: dict[str, Any] | None = None,
+    expected_from: tuple[str, ...] | None = None,
+    planned: tuple[str, ...] | None = None,
+    on_steps: Any | None = None,
+    on_applied: Any | None = None,
     stdout: IO[str] | None = None,
 ) -> None:
-    """Run upgrade, downgrade or stamp in this process (the runner child calls this)."""
+    """Run upgrade, downgrade or stamp through `app` in this process (the runner child).
+
+    With `expected_from`/`planned`, the revisions env.py's own session reads and the steps
+    Alembic resolves from them must be the plan's, or PlanChanged is raised before any step
+    runs. `on_steps(ids)` is called once the steps are known, `on_applied(AppliedStep)` after
+    each step's version row is written.
+    """
     if operation not in ("upgrade", "downgrade", "stamp"):
         raise ValueError(f"unknown operation {operation!r}")
     config = _alembic_config(script_location, url, stdout=stdout)
-    app = _flask_migrate_app(script_location, url, version_table, version_table_schema)
-    with _on_sys_path(python_path), app.app_context():
+
+    def observe(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:  # noqa: ARG001
+        if on_applied is not None and not step.is_stamp:
+            on_applied(AppliedStep(revision_id=step.up_revision_id, is_upgrade=step.is_upgrade))
+
+    with (
+        _on_sys_path(python_path),
+        app.app_context(),
+        _configure_defaults(dict(configure_args or {}), observe),
+    ):
         try:
-            getattr(command, operation)(config, target)
+            if operation == "stamp":
+                command.stamp(config, target)
+            else:
+                _run_planned(config, operation, target, expected_from, planned, on_steps)
         except CommandError as error:
             raise MigrationFailed(redact(str(error), [url])) from error
         except sa.exc.SQLAlchemyError as error:
             raise MigrationFailed(describe_database_error(error, url)) from error
 
 
+def _run_planned(
+    config: Config,
+    direction: str,
+    target: str,
+    expected_from: tuple[str, ...] | None,
+    planned: tuple[str, ...] | None,
+    on_steps: Any | None,
+) -> None:
+    """What alembic.command.upgrade/downgrade do, checking the steps against the plan first."""
+    script = ScriptDirectory.from_config(config)
+
+    def steps(current: Any, context: Any) -> list[Any]:  # noqa: ARG001
+        found = tuple(sorted(to_tuple(current, default=())))
+        if expected_from is not None and found != tuple(sorted(expected_from)):
+            raise PlanChanged(expected=tuple(sorted(expected_from)), found=found)
+        resolved = _migration_steps(script, direction, target, found)
+        ids = tuple(step.revision.revision for step in resolved)
+        if planned is not None and ids != tuple(planned):
+            raise PlanChanged(expected=tuple(sorted(expected_from or ())), found=found, steps=ids)
+        if on_steps is not None:
+            on_steps(ids)
+        return resolved
+
+    with EnvironmentContext(config, script, fn=steps, destination_rev=target):
+        script.run_env()
+
+
+def _migration_steps(
+    script: ScriptDirectory, direction: str, target: str, current: tuple[str, ...]
+) -> list[Any]:
+    """The steps alembic.command.upgrade/downgrade(target) runs from `current`, in order.
+
+    These are the private functions alembic.command itself calls (pinned by
+    tests/test_alembic_range.py to the supported Alembic range): the one place we use them.
+    """
+    if direction == "upgrade":
+        return list(script._upgrade_revs(target, current))
+    return list(script._downgrade_revs(target, current))
+
+
 # --- plans: resolving a target into steps, rendering one step's SQL offline ------------------
-# (Imports used only here are local to the functions below.)
 
 _RELATIVE_TARGET = re.compile(r"^[+-]\d+$")
 
@@ -348,11 +505,11 @@ def resolve_steps(
 ) -> ResolvedSteps:
     """Resolve `target` from `current` into the revisions Alembic's upgrade/downgrade would run.
 
-    `target` is "head", a full or unique partial revision id, a relative step ("+1", "-2") or,
-    for a downgrade, "base". Raise PlanError with a readable reason when it cannot be planned.
+    `target` is any form Alembic accepts: "head", "heads", a full or unique partial revision
+    id, a relative step ("+1", "-2"), a branch form ("expand@head", "expand@+1", "expand@-1",
+    "expand@base") or, for a downgrade, "base". Raise PlanError with a readable reason when it
+    cannot be planned.
     """
-    from dashboard.errors import PlanError
-
     if direction not in ("upgrade", "downgrade"):
         raise PlanError(f"unknown direction {direction!r}: use upgrade or downgrade")
     requested = (target or "").strip()
@@ -367,37 +524,58 @@ def resolve_steps(
             f"the database is at {', '.join(unknown)}, which the script directory does not "
             "contain (a newer release, or a deleted script?): it cannot be planned from here"
         )
+    script = _parsed_scripts(script_location, python_path)
+    resolve = (
+        _resolve_expression
+        if _is_alembic_expression(graph, direction, requested)
+        else _resolve_named
+    )
+    alembic_target, revision_ids = resolve(
+        script=script, graph=graph, current=current, direction=direction, requested=requested
+    )
+    heads = current
+    heads_before = []
+    for revision_id in revision_ids:
+        heads_before.append(heads)
+        heads = _heads_after(graph, heads, revision_id, direction)
+    return ResolvedSteps(
+        alembic_target=alembic_target,
+        revision_ids=tuple(revision_ids),
+        heads_before=tuple(heads_before),
+    )
+
+
+# Alembic's relative forms beside our own "+N"/"-N": "heads-1", "<revision>+2".
+_SYMBOL_RELATIVE = re.compile(r"^\w+[+-]\d+")
+
+
+def _is_alembic_expression(graph: RevisionGraph, direction: str, requested: str) -> bool:
+    """Whether Alembic itself must resolve `requested`: upgrade "heads" or a branch form."""
+    if requested in graph or _RELATIVE_TARGET.match(requested):
+        return False
+    if requested == "heads":
+        # Upward, "heads" may be several revisions at once; downward it must name one.
+        return direction == "upgrade"
+    return "@" in requested or _SYMBOL_RELATIVE.match(requested) is not None
+
+
+def _resolve_named(
+    *,
+    script: ScriptDirectory,
+    graph: RevisionGraph,
+    current: tuple[str, ...],
+    direction: str,
+    requested: str,
+) -> tuple[str, list[str]]:
+    """Resolve head, base, a relative step or a revision id to one revision, and its steps."""
     at = ", ".join(current) or "base"
-
-    if _RELATIVE_TARGET.match(requested):
-        steps = int(requested)
-        if steps == 0 or (steps > 0) != (direction == "upgrade"):
-            sign = "+N" if direction == "upgrade" else "-N"
-            raise PlanError(f"{requested} is not a {direction} step: use {sign}")
-        if direction == "upgrade":
-            target_id = _walk_up(graph, current, steps, requested)
-        else:
-            target_id = _walk_down(graph, current, -steps, requested)
-    elif requested in ("head", "heads"):
-        if len(graph.heads) > 1:
-            raise PlanError(
-                f"multiple heads: name one ({', '.join(sorted(graph.heads))}); the script "
-                "directory has several heads, so 'head' is ambiguous"
-            )
-        if not graph.heads:
-            raise PlanError("the script directory has no revisions")
-        target_id = graph.heads[0]
-    elif requested == "base":
-        if direction == "upgrade":
-            raise PlanError("base is below every revision: downgrade to base instead")
-        target_id = "base"
-    else:
-        target_id = _resolve_revision_id(script_location, python_path, requested)
-
+    target_id = _named_target_id(
+        script=script, graph=graph, current=current, direction=direction, requested=requested
+    )
     applied = graph.ancestors(current)
     if direction == "upgrade":
         if target_id in current:
-            return ResolvedSteps(alembic_target=target_id, revision_ids=(), heads_before=())
+            return target_id, []
         if target_id in applied:
             raise PlanError(
                 f"{target_id} is below the current revision ({at}): upgrading to it would be "
@@ -412,32 +590,184 @@ def resolve_steps(
             "an applied revision below it, a relative step such as -1, or base"
         )
 
-    revision_ids = _alembic_steps(script_location, python_path, direction, target_id, current)
+    revision_ids = _alembic_steps(script, direction, target_id, current)
     if direction == "downgrade" and not revision_ids:
         raise PlanError(f"{target_id} is not below the current revision ({at})")
-    heads = current
-    heads_before = []
-    for revision_id in revision_ids:
-        heads_before.append(heads)
-        heads = _heads_after(graph, heads, revision_id, direction)
     if _RELATIVE_TARGET.match(requested) and len(revision_ids) != abs(int(requested)):
         # Our walk and Alembic disagree about this history; refuse rather than guess.
         raise PlanError(
             f"{requested} from {at} would run {len(revision_ids)} revisions "
             f"({', '.join(revision_ids)}): name the target revision instead"
         )
-    return ResolvedSteps(
-        alembic_target=target_id,
-        revision_ids=tuple(revision_ids),
-        heads_before=tuple(heads_before),
+    return target_id, revision_ids
+
+
+def _named_target_id(
+    *,
+    script: ScriptDirectory,
+    graph: RevisionGraph,
+    current: tuple[str, ...],
+    direction: str,
+    requested: str,
+) -> str:
+    """Return the one revision (or "base") that head, base, +N/-N or a revision id names."""
+    if _RELATIVE_TARGET.match(requested):
+        steps = int(requested)
+        if steps == 0 or (steps > 0) != (direction == "upgrade"):
+            sign = "+N" if direction == "upgrade" else "-N"
+            raise PlanError(f"{requested} is not a {direction} step: use {sign}")
+        if direction == "upgrade":
+            return _walk_up(graph, current, steps, requested)
+        return _walk_down(graph, current, -steps, requested)
+    if requested in ("head", "heads"):
+        heads = ", ".join(sorted(graph.heads))
+        if len(graph.heads) > 1 and requested == "heads":
+            # Only a downgrade comes here: upgrading to "heads" is resolved by Alembic.
+            raise PlanError(
+                f"'heads' names several revisions ({heads}): a downgrade goes to one, name it"
+            )
+        if len(graph.heads) > 1:
+            also = "; 'heads' upgrades them all" if direction == "upgrade" else ""
+            raise PlanError(
+                f"multiple heads: name one ({heads}); the script directory has several heads, "
+                f"so 'head' is ambiguous{also}"
+            )
+        if not graph.heads:
+            raise PlanError("the script directory has no revisions")
+        return graph.heads[0]
+    if requested == "base":
+        if direction == "upgrade":
+            raise PlanError("base is below every revision: downgrade to base instead")
+        return "base"
+    return _resolve_revision_id(script, requested)
+
+
+def _resolve_expression(
+    *,
+    script: ScriptDirectory,
+    graph: RevisionGraph,
+    current: tuple[str, ...],
+    direction: str,
+    requested: str,
+) -> tuple[str, list[str]]:
+    """Let Alembic resolve "heads" or a branch form, then name its outcome as concretely as it can.
+
+    The target handed back is the first of a revision id, "heads", "base", "<branch>@base" and
+    the requested text itself for which Alembic runs exactly the same steps from `current`, so
+    a job or a rollout freezes a revision wherever one says the same.
+    """
+    _check_branch_step(
+        script=script, graph=graph, current=current, direction=direction, requested=requested
     )
+    revision_ids = _alembic_steps(script, direction, requested, current)
+    if direction == "downgrade" and not revision_ids:
+        raise PlanError(
+            f"{requested} is not below the current revision ({', '.join(current) or 'base'}): "
+            "there is nothing to downgrade"
+        )
+    for candidate in _equivalent_targets(graph, current, direction, requested, revision_ids):
+        try:
+            if _alembic_steps(script, direction, candidate, current) == revision_ids:
+                return candidate, revision_ids
+        except PlanError:
+            continue  # Alembic refuses this candidate from here: it cannot be the same
+    return requested, revision_ids
+
+
+def _check_branch_step(
+    *,
+    script: ScriptDirectory,
+    graph: RevisionGraph,
+    current: tuple[str, ...],
+    direction: str,
+    requested: str,
+) -> None:
+    """Refuse readably the branch forms Alembic refuses with a terse error or an assertion."""
+    from alembic.script.revision import RevisionError
+
+    label, _, symbol = requested.rpartition("@")
+    if not label:
+        return
+    try:
+        branch = script.revision_map.get_revision(label)
+    except RevisionError as error:
+        raise PlanError(f"unknown branch {label!r} in {requested}: {error}") from error
+    if branch is None or not _RELATIVE_TARGET.match(symbol):
+        return
+    steps = int(symbol)
+    if steps == 0 or (steps > 0) != (direction == "upgrade"):
+        sign, article = ("+N", "an") if direction == "upgrade" else ("-N", "a")
+        raise PlanError(f"{requested} is not {article} {direction} step: use {label}@{sign}")
+    if direction == "upgrade":
+        return
+    # Alembic steps down from the one current revision in the branch's line (it asserts so).
+    on_branch = [
+        revision
+        for revision in current
+        if branch.revision in graph.ancestors([revision])
+        or revision in graph.ancestors([branch.revision])
+    ]
+    if not on_branch:
+        raise PlanError(
+            f"{requested}: nothing on branch {label} is applied (the database is at "
+            f"{', '.join(current) or 'base'}), so there is nothing to step down from"
+        )
+    if len(on_branch) > 1:
+        raise PlanError(
+            f"{requested} is ambiguous: the database is at several revisions in the line of "
+            f"{label} ({', '.join(on_branch)}); name the target revision instead"
+        )
+
+
+def _equivalent_targets(
+    graph: RevisionGraph,
+    current: tuple[str, ...],
+    direction: str,
+    requested: str,
+    revision_ids: list[str],
+) -> list[str]:
+    """Targets that may run exactly `revision_ids` from `current`, most concrete first."""
+    steps = set(revision_ids)
+    if direction == "upgrade":
+        # A step with no child among the steps is a top: one top is the revision to name.
+        tops = [
+            revision_id
+            for revision_id in revision_ids
+            if not steps.intersection(graph.get(revision_id).next_revisions)
+        ] or list(current)
+        return ([tops[0]] if len(tops) == 1 else []) + ["heads"]
+    # Downgrading to the revision the steps leave behind undoes exactly them.
+    parents = {
+        parent for revision_id in revision_ids for parent in graph.get(revision_id).down_revisions
+    }
+    candidates = sorted(parents - steps) + ["base"]
+    label = requested.rpartition("@")[0]
+    if label:
+        candidates.append(f"{label}@base")
+    return candidates
+
+
+def _parsed_scripts(script_location: Path, python_path: tuple[Path, ...]) -> ScriptDirectory:
+    """Return the script directory with its revisions read once, `python_path` importable."""
+    with _on_sys_path(python_path):
+        script = _script_directory(script_location)
+        try:
+            # Reading the revision map imports every revision file: do it while they can import.
+            script.get_heads()
+        except CommandError as error:
+            raise ScriptDirectoryError(f"cannot read the migration scripts: {error}") from error
+    return script
 
 
 def resolve_revisions(
     *, script_location: Path, text: str, python_path: Iterable[Path] = ()
 ) -> tuple[str, ...]:
-    """Return the revisions `text` names: () for base, the head for head, else its full id."""
-    from dashboard.errors import PlanError
+    """Return the revisions `text` names: () for base, the heads for heads, else full ids.
+
+    Alembic's absolute branch forms name revisions too: "expand@head", "expand@heads",
+    "expand@<revision>", and "expand@base" (none).
+    """
+    from alembic.script.revision import RevisionError
 
     text = (text or "").strip()
     if text in ("", "base"):
@@ -450,30 +780,34 @@ def resolve_revisions(
                 f"multiple heads: name one ({', '.join(sorted(heads))}); 'head' is ambiguous"
             )
         return tuple(heads)
-    return (_resolve_revision_id(script_location, python_path, text),)
+    script = _parsed_scripts(script_location, python_path)
+    if "@" not in text:
+        return (_resolve_revision_id(script, text),)
+    try:
+        found = script.revision_map.get_revisions(text)
+    except RevisionError as error:
+        raise PlanError(f"cannot resolve {text}: {error}") from error
+    # A branch walked below its base comes back as "base": that names no revision.
+    return tuple(sorted(item.revision for item in found if item not in (None, "base")))
 
 
-def _resolve_revision_id(script_location: Path, python_path: tuple[Path, ...], text: str) -> str:
+def _resolve_revision_id(script: ScriptDirectory, text: str) -> str:
     """Return the full id for a full or unique partial revision id (or a branch label)."""
     from alembic.script.revision import MultipleHeads, RevisionError
 
-    from dashboard.errors import PlanError
-
-    with _on_sys_path(python_path):
-        script = _script_directory(script_location)
-        # The revision map, not ScriptDirectory.get_revision: that one turns "several
-        # revisions start with …" into a bare "can't locate revision".
-        try:
-            revision = script.revision_map.get_revision(text)
-        except MultipleHeads as error:
-            raise PlanError(
-                f"{text!r} names several heads ({', '.join(error.heads)}): name one"
-            ) from error
-        except RevisionError as error:
-            message = str(error)
-            if message.startswith("Multiple revisions start with"):
-                raise PlanError(f"the prefix {text!r} is ambiguous: {message}") from error
-            raise PlanError(f"unknown revision {text!r}: {message}") from error
+    # The revision map, not ScriptDirectory.get_revision: that one turns "several
+    # revisions start with …" into a bare "can't locate revision".
+    try:
+        revision = script.revision_map.get_revision(text)
+    except MultipleHeads as error:
+        raise PlanError(
+            f"{text!r} names several heads ({', '.join(error.heads)}): name one"
+        ) from error
+    except RevisionError as error:
+        message = str(error)
+        if message.startswith("Multiple revisions start with"):
+            raise PlanError(f"the prefix {text!r} is ambiguous: {message}") from error
+        raise PlanError(f"unknown revision {text!r}: {message}") from error
     if revision is None:
         raise PlanError(f"unknown revision {text!r}")
     return revision.revision
@@ -486,30 +820,19 @@ def _script_directory(script_location: Path) -> ScriptDirectory:
 
 
 def _alembic_steps(
-    script_location: Path,
-    python_path: tuple[Path, ...],
-    direction: str,
-    target_id: str,
-    current: tuple[str, ...],
+    script: ScriptDirectory, direction: str, target: str, current: tuple[str, ...]
 ) -> list[str]:
     """Ask Alembic which revisions command.upgrade/downgrade(target) runs from `current`.
 
-    These are the (underscored) functions alembic.command itself calls, so the plan lists
-    exactly what the runner will execute, in the same order.
+    The runner's own resolver, from the revisions sorted as the runner reads them: the plan
+    lists exactly what the runner will execute, in the same order.
     """
     from alembic.script.revision import RevisionError
 
-    from dashboard.errors import PlanError
-
-    with _on_sys_path(python_path):
-        script = _script_directory(script_location)
-        try:
-            if direction == "upgrade":
-                steps = script._upgrade_revs(target_id, current)
-            else:
-                steps = script._downgrade_revs(target_id, current)
-        except (CommandError, RevisionError) as error:
-            raise PlanError(f"cannot {direction} to {target_id}: {error}") from error
+    try:
+        steps = _migration_steps(script, direction, target, tuple(sorted(current)))
+    except (CommandError, RevisionError) as error:
+        raise PlanError(f"cannot {direction} to {target}: {error}") from error
     return [step.revision.revision for step in steps]
 
 
@@ -539,8 +862,6 @@ def _heads_after(
 
 def _walk_up(graph: RevisionGraph, current: tuple[str, ...], count: int, requested: str) -> str:
     """Follow `count` single upgrade steps; refuse at a branch point or a merge."""
-    from dashboard.errors import PlanError
-
     start = ", ".join(current) or "base"
     position = set(current)
     applied = graph.ancestors(current)
@@ -581,8 +902,6 @@ def _walk_down(graph: RevisionGraph, current: tuple[str, ...], count: int, reque
     Undoing a merge revision itself is unambiguous (its parents remain), so `-1` from a merge
     is allowed; a further step would have to pick one of the parents, and is refused.
     """
-    from dashboard.errors import PlanError
-
     position = tuple(sorted(current))
     crossed: str | None = None
     undone_parents: tuple[str, ...] = ()
@@ -655,6 +974,7 @@ def render_offline_sql(
     version_table_schema: str | None = None,
     python_path: Iterable[Path] = (),
     session: dict[str, Any] | None = None,
+    configure_args: dict[str, Any] | None = None,
 ) -> str:
     """Render one upgrade or downgrade step as SQL for `url`'s dialect, without connecting.
 
@@ -662,14 +982,13 @@ def render_offline_sql(
     a new branch renders the same version-table statements a real run would. Run this in a
     child process: it executes the managed app's env.py. Raise OfflineRenderError with a
     short reason when the step needs a live database. Steps of one plan share a `session`
-    dict: the parsed script directory is then read once, not once per step.
+    dict: the parsed script directory is then read once, not once per step. The SQL has no
+    BEGIN/COMMIT of its own: how a run groups its steps into transactions is the plan's to say.
     """
     import io
 
     from alembic.runtime.environment import EnvironmentContext
     from alembic.runtime.migration import MigrationStep
-
-    from dashboard.errors import OfflineRenderError
 
     script_location = Path(script_location)
     sql_output = io.StringIO()
@@ -700,18 +1019,38 @@ def render_offline_sql(
                 return [MigrationStep.upgrade_from_script(script.revision_map, revision)]
             return [MigrationStep.downgrade_from_script(script.revision_map, revision)]
 
+        # Named paramstyle as Alembic's generic env.py sets it: Flask-Migrate's offline branch
+        # does not, and a pyformat driver then doubles every % into SQL that psql rejects.
+        defaults = {"dialect_opts": {"paramstyle": "named"}, **(configure_args or {})}
         try:
-            with EnvironmentContext(
-                config,
-                script,
-                fn=one_step,
-                as_sql=True,
-                starting_rev=list(from_revisions) or None,
-                destination_rev=destination,
+            with (
+                _configure_defaults(defaults),
+                EnvironmentContext(
+                    config,
+                    script,
+                    fn=one_step,
+                    as_sql=True,
+                    starting_rev=list(from_revisions) or None,
+                    destination_rev=destination,
+                ) as environment,
             ):
                 script.run_env()
+                impl = environment.get_context().impl
         # The step's own code runs here; whatever it raises says why it needs a database.
         except Exception as error:
             reason = _offline_failure_reason(error, Path(revision.path), url)
             raise OfflineRenderError(reason) from error
-    return sql_output.getvalue()
+    sql = sql_output.getvalue()
+    if not impl.transactional_ddl:
+        return sql
+    # Rendered alone, a step sits in a BEGIN/COMMIT that Alembic emits first and last; drop
+    # exactly those (as this dialect words them), never a BEGIN or COMMIT the script executes.
+    bracket: list[str] = []
+    for emit in (impl.emit_begin, impl.emit_commit):
+        impl.output_buffer = io.StringIO()
+        emit()
+        bracket.append(impl.output_buffer.getvalue())
+    begin, commit = bracket
+    if sql.startswith(begin) and sql.endswith(commit) and len(sql) >= len(begin + commit):
+        sql = sql[len(begin) : len(sql) - len(commit)]
+    return sql

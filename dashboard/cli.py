@@ -13,7 +13,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from dashboard import demo
-from dashboard.environments import EnvironmentStatus, get_board, get_project
+from dashboard.environments import EnvironmentStatus, environment_named, get_board, get_project
 from dashboard.errors import DashboardError
 from dashboard.extensions import db
 from dashboard.users import service as users
@@ -191,14 +191,30 @@ def _cli_actor() -> str:
 
 def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
     from dashboard.jobs import service as jobs
+    from dashboard.plans.service import build_plan
 
     try:
+        fingerprint = None
+        if operation != "stamp":
+            # The job must run exactly this plan: the runner re-checks it under the lock.
+            plan = build_plan(
+                project=get_project(),
+                environment=environment_named(environment),
+                direction=operation,
+                target=target,
+            )
+            fingerprint = plan.fingerprint
+            click.echo(
+                f"plan: {operation} {environment} from {', '.join(plan.from_revisions) or 'base'}"
+                f" through {', '.join(plan.revision_ids) or 'nothing'} (fingerprint {fingerprint})"
+            )
         job = jobs.request_job(
             environment_name=environment,
             operation=operation,
             target=target,
             actor=None,
             actor_name=_cli_actor(),
+            expected_fingerprint=fingerprint,
             submit=False,
         )
     except DashboardError as error:
@@ -206,7 +222,8 @@ def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
         raise _fail(error) from error
     click.echo(f"job #{job.id}: {operation} {environment} to {target}")
     finished = jobs.run_job(job_id=job.id, on_line=click.echo)
-    click.echo(f"job #{finished.id} {finished.state}; now at {finished.to_revisions}")
+    now_at = ", ".join(finished.to_revisions or []) or "base"
+    click.echo(f"job #{finished.id} {finished.state}; now at {now_at}")
     if finished.state != "succeeded":
         raise click.ClickException(finished.error or f"job #{finished.id} {finished.state}")
 

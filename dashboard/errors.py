@@ -51,6 +51,10 @@ class JobRefused(DashboardError):
     """A job cannot be started as asked (a rule, a stale plan, nothing to do)."""
 
 
+class FingerprintMissing(DashboardError):
+    """A request to run a plan did not say which plan (its fingerprint) it was shown."""
+
+
 class JobAlreadyRunning(JobRefused):
     """The environment already has a queued or running job."""
 
@@ -81,3 +85,29 @@ class RolloutStale(RolloutRefused):
 
 class ApprovalRequired(RolloutRefused):
     """The rollout does not have the approvals it needs yet."""
+
+
+class PlanChanged(MigrationFailed):
+    """Under the lock, the database or the steps were not what the plan said: nothing ran."""
+
+    def __init__(
+        self,
+        *,
+        expected: tuple[str, ...],
+        found: tuple[str, ...],
+        steps: tuple[str, ...] | None = None,
+    ) -> None:
+        self.expected, self.found, self.steps = expected, found, steps
+        expected_text = ", ".join(expected) or "base"
+        found_text = ", ".join(found) or "base"
+        if steps is None:
+            message = (
+                f"the plan was made at {expected_text}, but the database is at {found_text} "
+                "now (another job or a person moved it): nothing ran"
+            )
+        else:
+            message = (
+                f"from {found_text} Alembic would now run {', '.join(steps) or 'nothing'}, "
+                "not the plan's steps (a script changed?): nothing ran"
+            )
+        super().__init__(message)

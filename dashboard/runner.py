@@ -3,6 +3,12 @@
 Alembic keeps `context`/`op` in module globals and a stock env.py resets logging, so every
 migration gets a fresh interpreter. The database URL travels in the child's environment,
 never on its command line, where `ps` would show the password.
+
+The child takes the migration lock on the very database session env.py migrates on (a stock
+Flask-Migrate env.py gets its engine from the app the child builds), re-reads the revision on
+that session, and runs nothing unless it is the plan's. Besides plain log lines it prints
+markers the parent parses: every statement (SQL), each database session it opened (SESSION),
+a plan that no longer holds (STALE) and an exact failure report (FAILURE).
 """
 
 from __future__ import annotations
@@ -10,19 +16,55 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from dashboard import alembic_adapter
 from dashboard.environments.loader import Environment
-from dashboard.errors import EnvironmentNotConfigured, MigrationFailed
+from dashboard.errors import EnvironmentNotConfigured, MigrationFailed, PlanChanged
+from dashboard.jobs.locks import LockBusy, TargetLock, lock_table_name
 from dashboard.redact import redact
 
 URL_VARIABLE = "DASHBOARD_RUNNER_URL"
+# Set for a plain Alembic env.py (which builds its own engine): the README's lock lines see that
+# this run is the dashboard's, whose runner holds the lock already, and skip taking it.
+LOCK_VARIABLE = "MIGRATION_DASHBOARD_LOCK"
+
+SQL_MARKER = "\x1fSQL\x1f"
+SESSION_MARKER = "\x1fSESSION\x1f"
+STALE_MARKER = "\x1fSTALE\x1f"
+FAILURE_MARKER = "\x1fFAILURE\x1f"
+STEP_MARKER = "\x1fSTEP\x1f"
+_PRIVATE_MARKERS = (SESSION_MARKER, STALE_MARKER, FAILURE_MARKER, STEP_MARKER)
+LOCK_BUSY_EXIT = 75
+STALE_EXIT = 76
+_DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.IGNORECASE)
+
+
+def is_ddl(statement: str) -> bool:
+    """Whether a statement changes the schema (what MySQL/MariaDB commit on their own)."""
+    return bool(_DDL.match(statement))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Which step failed and what it had done, as the runner saw it."""
+
+    error: str
+    revision: str | None  # None: the run failed before its first step started
+    step: int  # 1-based position of the failing step in the run
+    steps: int
+    completed: tuple[str, ...]
+    ddl_ran: tuple[str, ...]  # schema changes the failing step itself made before failing
 
 
 @dataclass(frozen=True)
@@ -31,14 +73,35 @@ class RunResult:
 
     returncode: int
     lines: list[str]
+    sessions: tuple[int, ...] = ()
+    failure: Failure | None = None
+    stale: str | None = None  # why the plan no longer held, when nothing ran for that reason
+    last_step: tuple[int, str] | None = None  # (1-based position, revision) of the last step begun
+    statements: tuple[str, ...] = field(default=())
 
     @property
     def succeeded(self) -> bool:
         return self.returncode == 0
 
     @property
+    def signal_name(self) -> str | None:
+        """The signal that killed the runner, e.g. SIGKILL; None when it exited."""
+        if self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
+
+    @property
     def failure_reason(self) -> str:
-        """Say why a failed run failed: its last ERROR line, else its last lines of output."""
+        """Say why a failed run failed, in one line."""
+        if self.stale:
+            return self.stale
+        if self.failure is not None:
+            return self.failure.error
+        if self.signal_name:
+            return f"the runner was killed by {self.signal_name}"
         errors = [line for line in self.lines if line.startswith("ERROR:")]
         if errors:
             return errors[-1].removeprefix("ERROR:").strip()
@@ -56,8 +119,14 @@ def run_in_child(
     on_line: Callable[[str], None] | None = None,
     options: dict | None = None,
     on_start: Callable[[int], None] | None = None,
+    expected_from: tuple[str, ...] | None = None,
+    planned: tuple[str, ...] | None = None,
 ) -> RunResult:
-    """Run `operation` to `target` on `environment` in a child process; return its output."""
+    """Run `operation` to `target` on `environment` in a child process; return its output.
+
+    With `expected_from` (and `planned`), the child runs nothing unless the database is still
+    at those revisions and Alembic would run exactly those steps, checked under the lock.
+    """
     if environment.url is None:
         raise EnvironmentNotConfigured(
             f"{environment.name} is not configured: {environment.not_configured_reason}"
@@ -69,12 +138,17 @@ def run_in_child(
         "version_table": environment.version_table,
         "version_table_schema": environment.version_table_schema,
         "python_path": [str(folder) for folder in environment.python_path],
+        "configure_args": environment.configure_options,
+        "expected_from": None if expected_from is None else list(expected_from),
+        "planned": None if planned is None else list(planned),
         **(options or {}),
     }
     child_env = dict(os.environ)
+    child_env.pop(LOCK_VARIABLE, None)
     child_env[URL_VARIABLE] = environment.url.render_as_string(hide_password=False)
     child_env["PYTHONUNBUFFERED"] = "1"
     lines: list[str] = []
+    private: dict[str, list[str]] = {marker: [] for marker in _PRIVATE_MARKERS}
     with subprocess.Popen(
         [sys.executable, "-m", "dashboard.runner", json.dumps(spec)],
         env=child_env,
@@ -89,15 +163,31 @@ def run_in_child(
             on_start(process.pid)
         for raw in process.stdout:
             line = redact(raw.rstrip("\n"), [environment.url])
+            marker = next((m for m in _PRIVATE_MARKERS if line.startswith(m)), None)
+            if marker is not None:
+                private[marker].append(line[len(marker) :])
+                continue
             lines.append(line)
             if on_line is not None:
                 on_line(line)
         returncode = process.wait()
-    return RunResult(returncode=returncode, lines=lines)
+    failures = [json.loads(text) for text in private[FAILURE_MARKER]]
+    stale = [json.loads(text) for text in private[STALE_MARKER]]
+    steps = [json.loads(text) for text in private[STEP_MARKER]]
+    return RunResult(
+        returncode=returncode,
+        lines=lines,
+        sessions=tuple(json.loads(text) for text in private[SESSION_MARKER]),
+        failure=Failure(**failures[-1]) if failures else None,
+        stale=stale[-1] if stale else None,
+        last_step=tuple(steps[-1]) if steps else None,
+        statements=tuple(
+            json.loads(line[len(SQL_MARKER) :]) for line in lines if line.startswith(SQL_MARKER)
+        ),
+    )
 
 
-SQL_MARKER = "\x1fSQL\x1f"
-LOCK_BUSY_EXIT = 75
+# --- the child ------------------------------------------------------------------------------
 
 
 def _die_with_parent() -> None:
@@ -105,7 +195,6 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
-    import signal
 
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
@@ -114,34 +203,89 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _record_statements_and_bound_waits(spec: dict) -> None:
-    """Print every statement run on the target; bound lock and statement waits per session."""
+def _emit(marker: str, value: Any) -> None:
+    print(marker + json.dumps(value), flush=True)
+
+
+class _StepObserver:
+    """Follow the run step by step: which steps finished, what the current one has done."""
+
+    def __init__(self) -> None:
+        self.steps: tuple[str, ...] = ()
+        self.started = False
+        self.completed: list[str] = []
+        self.step_statements: list[str] = []
+
+    def steps_known(self, ids: tuple[str, ...]) -> None:
+        # Statements before this (version-table creation, Alembic's reads) belong to no step.
+        self.steps, self.started = ids, True
+        self.step_statements = []
+        self._begin_step()
+
+    def step_applied(self, step: alembic_adapter.AppliedStep) -> None:
+        self.completed.append(step.revision_id)
+        self.step_statements = []
+        self._begin_step()
+
+    def _begin_step(self) -> None:
+        index = len(self.completed)
+        if index < len(self.steps):
+            _emit(STEP_MARKER, [index + 1, self.steps[index]])
+            print(f"step {index + 1} of {len(self.steps)}: {self.steps[index]}", flush=True)
+
+    def statement_ran(self, text: str) -> None:
+        self.step_statements.append(text)
+
+    def failure(self, error: str) -> dict[str, Any]:
+        index = len(self.completed)
+        failing = self.steps[index] if self.started and index < len(self.steps) else None
+        return {
+            "error": error,
+            "revision": failing,
+            "step": index + 1,
+            "steps": len(self.steps),
+            "completed": list(self.completed),
+            "ddl_ran": [text for text in self.step_statements if is_ddl(text)] if failing else [],
+        }
+
+
+def _watch_the_database(spec: dict, observer: _StepObserver) -> None:
+    """Print every statement run on the target and each session opened; bound waits."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
+    def describe(statement: str, parameters: Any) -> str:
+        text = statement.strip()
+        return f"{text} -- parameters: {parameters!r}" if parameters else text
+
     @event.listens_for(Engine, "before_cursor_execute")
     def record(connection, cursor, statement, parameters, context, executemany):  # noqa: ARG001
-        text = statement.strip()
-        if parameters:
-            text = f"{text} -- parameters: {parameters!r}"
-        print(SQL_MARKER + json.dumps(text), flush=True)
+        print(SQL_MARKER + json.dumps(describe(statement, parameters)), flush=True)
+
+    @event.listens_for(Engine, "after_cursor_execute")
+    def ran(connection, cursor, statement, parameters, context, executemany):  # noqa: ARG001
+        observer.statement_ran(describe(statement, parameters))
 
     lock_timeout = spec.get("lock_timeout")
     statement_timeout = spec.get("statement_timeout")
 
     @event.listens_for(Pool, "connect")
-    def bound_waits(dbapi_connection, record):  # noqa: ARG001
+    def on_connect(dbapi_connection, record):  # noqa: ARG001
         module = type(dbapi_connection).__module__
         cursor = dbapi_connection.cursor()
         try:
             if module.startswith("psycopg"):
+                cursor.execute("SELECT pg_backend_pid()")
+                _emit(SESSION_MARKER, cursor.fetchone()[0])
                 if lock_timeout:
                     cursor.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
                 if statement_timeout:
                     cursor.execute(f"SET statement_timeout = {int(statement_timeout * 1000)}")
                 dbapi_connection.commit()
             elif module.startswith(("pymysql", "MySQLdb")):
+                cursor.execute("SELECT CONNECTION_ID()")
+                _emit(SESSION_MARKER, cursor.fetchone()[0])
                 if lock_timeout:
                     cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, int(lock_timeout))}")
                     cursor.execute(
@@ -156,42 +300,100 @@ def _record_statements_and_bound_waits(spec: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: run the command described by the JSON spec on $DASHBOARD_RUNNER_URL."""
     _die_with_parent()
-    from dashboard import alembic_adapter
-    from dashboard.jobs.locks import LockBusy, TargetLock
-
     parser = argparse.ArgumentParser(prog="python -m dashboard.runner")
     parser.add_argument("spec", help="JSON: script_location, operation, target, version_table…")
     spec = json.loads(parser.parse_args(argv).spec)
     url = make_url(os.environ.pop(URL_VARIABLE))
+    script_location = Path(spec["script_location"])
     version_table = spec.get("version_table") or "alembic_version"
     schema = spec.get("version_table_schema")
+    expected_from = spec.get("expected_from")
+    observer = _StepObserver()
+    _watch_the_database(spec, observer)
+    app = alembic_adapter.migration_app(
+        script_location=script_location,
+        url=url,
+        version_table=version_table,
+        version_table_schema=schema,
+        configure_args=spec.get("configure_args"),
+    )
     lock = TargetLock(url=url, version_table=version_table, schema=schema)
-    try:
-        lock.acquire(wait=float(spec.get("lock_wait", 10)))
-    except LockBusy as error:
-        print(f"ERROR: {error}", flush=True)
-        return LOCK_BUSY_EXIT
-    print(f"runner {os.getpid()}: holding the migration lock of this database", flush=True)
-    _record_statements_and_bound_waits(spec)
+    with app.app_context():
+        engine = alembic_adapter.app_engine(app)
+        try:
+            with engine.connect() as connection:
+                try:
+                    lock.acquire(wait=float(spec.get("lock_wait", 10)), on=connection)
+                except LockBusy as error:
+                    print(f"ERROR: {error}", flush=True)
+                    return LOCK_BUSY_EXIT
+                print(
+                    f"runner {os.getpid()}: holding the migration lock of this database "
+                    "on the session that migrates",
+                    flush=True,
+                )
+                found = alembic_adapter.current_heads(
+                    connection, version_table=version_table, version_table_schema=schema
+                )
+                connection.rollback()
+            if expected_from is not None and found != tuple(sorted(expected_from)):
+                stale = PlanChanged(expected=tuple(sorted(expected_from)), found=found)
+                _emit(STALE_MARKER, str(stale))
+                print(f"ERROR: {stale}", flush=True)
+                return STALE_EXIT
+            return _run(spec, app, url, script_location, observer)
+        finally:
+            _release(engine, lock)
+
+
+def _run(spec: dict, app: Any, url: Any, script_location: Path, observer: _StepObserver) -> int:
+    """Run the command on the locked session; report a failure exactly."""
+    if alembic_adapter.env_py_builds_its_engine(script_location):
+        os.environ[LOCK_VARIABLE] = lock_table_name(
+            spec.get("version_table") or "alembic_version", spec.get("version_table_schema")
+        )
+    expected_from = spec.get("expected_from")
+    planned = spec.get("planned")
     try:
         alembic_adapter.run_command(
-            script_location=Path(spec["script_location"]),
+            app=app,
+            script_location=script_location,
             url=url,
             operation=spec["operation"],
             target=spec["target"],
-            version_table=version_table,
-            version_table_schema=schema,
             python_path=[Path(folder) for folder in spec.get("python_path", [])],
+            configure_args=spec.get("configure_args"),
+            expected_from=None if expected_from is None else tuple(expected_from),
+            planned=None if planned is None else tuple(planned),
+            on_steps=observer.steps_known,
+            on_applied=observer.step_applied,
         )
-    except MigrationFailed as error:
-        import traceback
-
+    except PlanChanged as stale:
+        _emit(STALE_MARKER, str(stale))
+        print(f"ERROR: {stale}", flush=True)
+        return STALE_EXIT
+    # The managed app's scripts run here: whatever they raise is the step's failure.
+    except Exception as error:
         traceback.print_exc()
-        print(f"ERROR: {error}", flush=True)
+        message = str(error).strip()
+        if not isinstance(error, MigrationFailed):
+            message = f"{type(error).__name__}: {message}".rstrip(": ")
+        message = redact(message, [url])
+        print(f"ERROR: {message}", flush=True)
+        _emit(FAILURE_MARKER, observer.failure(message))
         return 1
-    finally:
-        lock.release()
     return 0
+
+
+def _release(engine: Any, lock: TargetLock) -> None:
+    """Let go of the lock on the migrating session, then close it (ending re-entrant holds)."""
+    try:
+        with engine.connect() as connection:
+            lock.release(on=connection)
+    except Exception as error:  # the session may be gone: closing it frees the lock anyway
+        print(f"releasing the migration lock: {type(error).__name__}: {error}", flush=True)
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":

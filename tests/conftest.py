@@ -11,7 +11,7 @@ import socket
 import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from dashboard import create_app
+from tests.servers import Server, start_gunicorn, stop_group, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SCRIPTS = REPO / "examples" / "shop" / "migrations"
@@ -110,6 +111,21 @@ def database_url(databases: DatabaseFactory) -> URL:
     return databases.create()
 
 
+@pytest.fixture
+def pg_databases(tmp_path: Path) -> Iterator[DatabaseFactory]:
+    """A factory of throwaway PostgreSQL databases, whatever the test's backend."""
+    factory = DatabaseFactory("postgresql", tmp_path)
+    yield factory
+    factory.drop_all()
+
+
+@pytest.fixture
+def pg_store(pg_databases: DatabaseFactory) -> URL:
+    """An empty PostgreSQL database for the dashboard's own store (upgrade it with
+    `upgrade_store`); dropped, connections and all, after the test and its servers."""
+    return pg_databases.create()
+
+
 def execute(url: URL, *statements: str) -> None:
     """Run SQL statements on a database and commit."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
@@ -171,6 +187,29 @@ def silent_port() -> Iterator[int]:
     server.close()
 
 
+# --- servers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start gunicorn servers of the dashboard: `gunicorn(env, workers=2, threads=4)` returns a
+    Server once it answers; every one started is killed, process group and all, at teardown."""
+    started: list[Server] = []
+
+    def start(env: Mapping[str, str], **options: object) -> Server:
+        log = tmp_path / f"gunicorn-{len(started) + 1}.log"
+        server = start_gunicorn(log=log, env=env, **options)
+        started.append(server)
+        wait_until_serving(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            stop_group(server.process)
+
+
 # --- script directories ---------------------------------------------------------------------
 
 
@@ -193,7 +232,7 @@ import sqlalchemy as sa
 
 revision = {revision!r}
 down_revision = {down_revision!r}
-branch_labels = None
+branch_labels = {branch_labels!r}
 depends_on = None
 
 
@@ -233,6 +272,7 @@ class ScriptTree:
         *,
         upgrade: str = "pass",
         downgrade: str = "pass",
+        branch_labels: tuple[str, ...] | None = None,
     ) -> str:
         """Write a revision file; `upgrade`/`downgrade` are Python bodies."""
         revises = ", ".join(down) if isinstance(down, tuple) else (down or "")
@@ -241,6 +281,7 @@ class ScriptTree:
             revision=revision,
             revises=revises,
             down_revision=down,
+            branch_labels=branch_labels,
             upgrade=textwrap.indent(textwrap.dedent(upgrade).strip(), "    "),
             downgrade=textwrap.indent(textwrap.dedent(downgrade).strip(), "    "),
         )
@@ -568,6 +609,7 @@ def upgrade_in_child(*, environment, project, target: str = "head") -> None:
 def upgrade_with_a_job(app, environment: str, target: str = "head") -> None:
     """Run an upgrade job to the end in the calling thread (e.g. staging before production)."""
     from dashboard.jobs import service as jobs
+    from tests.helpers import fingerprint_of
 
     with app.app_context():
         job = jobs.request_job(
@@ -576,6 +618,7 @@ def upgrade_with_a_job(app, environment: str, target: str = "head") -> None:
             target=target,
             actor=None,
             actor_name="setup",
+            expected_fingerprint=fingerprint_of(environment, "upgrade", target),
             submit=False,
         )
         finished = jobs.run_job(job_id=job.id)

@@ -56,7 +56,7 @@ MATRIX = {
     ("jobs.job", "GET"): VIEWER_PAGE,
     ("jobs.live", "GET"): outcome(302, 286),  # the job has ended: polling stops
     ("jobs.plan", "GET"): VIEWER_PAGE,
-    ("jobs.start", "POST"): outcome(302, 403, 409),  # dev is at head: nothing to do
+    ("jobs.start", "POST"): outcome(302, 403, 409),  # not the plan dev has now: refused
     ("jobs.cancel", "POST"): outcome(302, 403, 409),  # only a queued job can be cancelled
     ("diffs.diff", "GET"): VIEWER_PAGE,
     ("diffs.schema", "GET"): VIEWER_PAGE,
@@ -81,7 +81,7 @@ FORM_DATA = {
     "users.create": {"username": "newcomer", "role": "viewer"},
     "users.change_role": {"role": "operator"},
     "auth.login": {"username": "nobody", "password": "wrong-password"},
-    "jobs.start": {"operation": "upgrade", "target": "head"},
+    "jobs.start": {"operation": "upgrade", "target": "head", "fingerprint": "0" * 64},
     "drift.check": {"environment": "dev"},
     "rollouts.create": {"target": "head", "reason": "the matrix asks"},
 }

@@ -7,15 +7,11 @@ Docker cannot run here, so docker/entrypoint.sh is started directly with the ven
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import closing
@@ -24,13 +20,19 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.servers import (
+    REPO,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    clean_environ,
+    free_port,
+    group_is_gone,
+    stop_group,
+    wait_until_answering,
+)
+
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 DOCKERFILE = REPO / "Dockerfile"
-# The venv's bin folder; not resolved, since the interpreter there is usually a symlink.
-VENV_BIN = Path(sys.executable).parent
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
 
 
 @dataclass
@@ -51,22 +53,9 @@ class Entrypoint:
         return self.log.read_text(errors="replace")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def entrypoint_env(store: Path, port: int, home: Path) -> dict[str, str]:
     """The production settings the image gives the script, and nothing inherited that could leak."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DASHBOARD_", "FLASK_", "GUNICORN_"))
-        and key not in ("SECRET_KEY", "ENVIRONMENTS_FILE", "PORT", "BIND_HOST", "XDG_RUNTIME_DIR")
-    }
-    env.update(
-        PATH=os.pathsep.join([str(VENV_BIN), os.environ.get("PATH", os.defpath)]),
+    return clean_environ(
         HOME=str(home),
         FLASK_APP="dashboard",
         DASHBOARD_CONFIG="production",
@@ -76,7 +65,6 @@ def entrypoint_env(store: Path, port: int, home: Path) -> dict[str, str]:
         PORT=str(port),
         BIND_HOST="127.0.0.1",
     )
-    return env
 
 
 def run_entrypoint(tmp_path: Path, *args: str, log_name: str = "entrypoint.log") -> Entrypoint:
@@ -104,42 +92,7 @@ def get_health(url: str) -> tuple[int, dict]:
 
 
 def wait_until_serving(entrypoint: Entrypoint) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if entrypoint.process.poll() is not None:
-            pytest.fail(
-                f"entrypoint exited with {entrypoint.process.returncode} before serving:\n"
-                + entrypoint.output()
-            )
-        try:
-            with urllib.request.urlopen(entrypoint.url, timeout=2):
-                return
-        except urllib.error.HTTPError as error:
-            error.close()
-            return  # gunicorn answered; the test judges the answer
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    pytest.fail(
-        f"nothing answered {entrypoint.url} within {START_TIMEOUT}s:\n{entrypoint.output()}"
-    )
-
-
-def group_is_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """Kill whatever is left of the process group, then reap the leader."""
-    if process.poll() is None or not group_is_gone(process.pid):
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    process.wait(timeout=STOP_TIMEOUT)
+    wait_until_answering(entrypoint.process, entrypoint.url, entrypoint.output, START_TIMEOUT)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from tests.conftest import (
     table_names,
     versions,
 )
+from tests.helpers import fingerprint_of
 
 # Sleeps when it really runs, not while the plan renders it offline.
 SLOW = "import time\nif not op.get_context().as_sql:\n    time.sleep({seconds})"
@@ -44,6 +45,9 @@ def run(app, environment="dev", operation="upgrade", target="head", actor=None):
             target=target,
             actor=actor,
             actor_name="cli:test",
+            expected_fingerprint=(
+                None if operation == "stamp" else fingerprint_of(environment, operation, target)
+            ),
             submit=False,
         )
         finished = jobs.run_job(job_id=job.id)
@@ -131,6 +135,7 @@ def test_two_jobs_at_once_run_exactly_one(tmp_path, script_tree, database_url):
                     target="head",
                     actor=None,
                     actor_name="cli:test",
+                    expected_fingerprint=fingerprint_of("dev", "upgrade", "head"),
                     submit=False,
                 )
                 outcomes.append("queued")
@@ -235,12 +240,14 @@ def test_half_applied_run_on_mariadb_is_reported_and_stamp_recovers(tmp_path, sc
 SUPERVISOR = """
 import sys, time
 from tests.conftest import make_app
+from tests.helpers import fingerprint_of
 from pathlib import Path
 from dashboard.jobs import service as jobs
 app = make_app(Path(sys.argv[1]), JOB_HEARTBEAT_SECONDS=0.3, JOB_STALE_SECONDS=1.5)
 with app.app_context():
     job = jobs.request_job(environment_name="dev", operation="upgrade", target="head",
-                           actor=None, actor_name="cli:supervisor", submit=False)
+                           actor=None, actor_name="cli:supervisor", submit=False,
+                           expected_fingerprint=fingerprint_of("dev"))
     jobs.run_job(job_id=job.id)
 """
 
@@ -440,6 +447,7 @@ def test_a_queued_job_can_be_cancelled_and_frees_the_environment(tmp_path, scrip
             target="head",
             actor=None,
             actor_name="cli:test",
+            expected_fingerprint=fingerprint_of("dev", "upgrade", "head"),
             submit=False,
         )
         cancelled = jobs.cancel_job(job_id=queued.id, actor=None, actor_name="cli:test")

@@ -154,6 +154,71 @@ def test_version_table_and_python_path_per_project_and_environment(tmp_path, scr
     assert reporting.python_path == (tmp_path / "src", tmp_path / "lib")
 
 
+def test_configure_args_per_environment_decide_the_transactions(tmp_path, scripts):
+    project = load(
+        tmp_path,
+        f"""
+        migrations: {scripts}
+        environments:
+          - name: dev
+            url: sqlite:///dev.db
+          - name: staging
+            url: postgresql+psycopg://u@db.internal/shop
+          - name: production
+            url: postgresql+psycopg://u@db.internal/shop
+            configure_args:
+              transaction_per_migration: true
+              transactional_ddl: false
+        """,
+    )
+    dev, staging, production = (project.get(name) for name in ("dev", "staging", "production"))
+    assert (dev.configure_options, dev.transactional_ddl) == ({}, False)
+    assert staging.transactional_ddl and not staging.transaction_per_migration
+    assert production.configure_options == {
+        "transaction_per_migration": True,
+        "transactional_ddl": False,
+    }
+    assert production.transaction_per_migration and not production.transactional_ddl
+
+
+def test_misspelt_configure_arg_names_line_key_and_close_match(tmp_path, scripts):
+    message = load_error(
+        tmp_path,
+        f"""
+        migrations: {scripts}
+        environments:
+          - name: production
+            url: sqlite:///prod.db
+            configure_args:
+              transaction_per_migraton: true
+        """,
+    )
+    assert str(tmp_path / "environments.yaml") in message
+    assert "line 6, key 'environments[0] (production).configure_args.transaction_per_migraton'" in (
+        message
+    )
+    assert "did you mean 'transaction_per_migration'?" in message
+
+
+@pytest.mark.parametrize("value", ["1", "'yes'", "[true]"])
+def test_configure_arg_that_is_not_true_or_false_is_refused(tmp_path, scripts, value):
+    message = load_error(
+        tmp_path,
+        f"""
+        migrations: {scripts}
+        environments:
+          - name: production
+            url: sqlite:///prod.db
+            configure_args:
+              transactional_ddl: {value}
+        """,
+    )
+    assert (
+        "line 6, key 'environments[0] (production).configure_args.transactional_ddl': "
+        "expected true or false"
+    ) in message
+
+
 def test_bad_yaml_names_file_and_line(tmp_path, scripts):
     message = load_error(
         tmp_path,

@@ -25,6 +25,7 @@ from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
 from dashboard.users.models import User
 from tests.conftest import app_for_tree, execute, versions
+from tests.helpers import fingerprint_of
 
 FAST = {"JOB_LOCK_WAIT_SECONDS": 1.0, "JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_SECONDS": 1.5}
 PEOPLE = {
@@ -315,6 +316,7 @@ def upgrade_staging(target: str) -> None:
         operation="upgrade",
         target=target,
         actor=user("olga"),
+        expected_fingerprint=fingerprint_of("staging", "upgrade", target),
         submit=False,
     )
     assert jobs.run_job(job_id=job.id).state == "succeeded"
@@ -396,6 +398,7 @@ def test_a_job_on_a_protected_environment_needs_an_approved_rollout(site):
             target="r02",
             actor=user("olga"),
             rollout_id=pending.id,
+            expected_fingerprint=fingerprint_of("production", "upgrade", "r02"),
             submit=False,
         )
     approved = approve(pending, "bob")
@@ -406,6 +409,7 @@ def test_a_job_on_a_protected_environment_needs_an_approved_rollout(site):
             target="r01",
             actor=user("olga"),
             rollout_id=approved.id,
+            expected_fingerprint=fingerprint_of("production", "upgrade", "r01"),
             submit=False,
         )
     with pytest.raises(JobRefused, match="never a stamp"):

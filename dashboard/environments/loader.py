@@ -37,7 +37,11 @@ ENVIRONMENT_KEYS = {
     "python_path",
     "lock_timeout",
     "statement_timeout",
+    "configure_args",
 }
+# Options passed through to env.py's context.configure(), each true or false: the ones that
+# change how a run groups its statements into transactions.
+CONFIGURE_ARGS = {"transaction_per_migration", "transactional_ddl"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 VARIABLE_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -61,6 +65,24 @@ class Environment:
     # Seconds a migration statement may wait for a table lock / run, where the database has it.
     lock_timeout: float | None = None
     statement_timeout: float | None = None
+    # (name, value) pairs from `configure_args:`, given to context.configure() on every run.
+    configure_args: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def configure_options(self) -> dict[str, bool]:
+        """The `configure_args:` as keyword arguments for context.configure()."""
+        return dict(self.configure_args)
+
+    @property
+    def transaction_per_migration(self) -> bool:
+        """Whether a run commits after each step, rather than once at the end."""
+        return self.configure_options.get("transaction_per_migration", False)
+
+    @property
+    def transactional_ddl(self) -> bool:
+        """Whether a failure rolls back the DDL a run executed (Alembic's per-dialect default)."""
+        default = self.dialect == "postgresql"  # SQLite and MySQL/MariaDB: Alembic says no
+        return self.configure_options.get("transactional_ddl", default)
 
     @property
     def is_configured(self) -> bool:
@@ -331,6 +353,22 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
                 if isinstance(value, bool) or value <= 0:
                     raise reader.fail(entries[key][1], f"{where}.{key}", "expected seconds > 0")
                 timeouts[key] = float(value)
+        configure_args: tuple[tuple[str, bool], ...] = ()
+        if "configure_args" in entries:
+            options = reader.mapping(
+                entries["configure_args"][1], f"{where}.configure_args", CONFIGURE_ARGS
+            )
+            configure_args = tuple(
+                sorted(
+                    (
+                        option,
+                        reader.scalar(
+                            value, f"{where}.configure_args.{option}", bool, "true or false"
+                        ),
+                    )
+                    for option, (_, value) in options.items()
+                )
+            )
         environments.append(
             Environment(
                 name=env_name,
@@ -345,6 +383,7 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
                 version_table_schema=version_table_schema,
                 python_path=python_path,
                 line=node.start_mark.line + 1,
+                configure_args=configure_args,
                 **timeouts,
             )
         )

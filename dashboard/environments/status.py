@@ -220,6 +220,13 @@ class StatusBoard:
         self.start()
         self._wake.set()
 
+    def refresh_soon(self) -> None:
+        """Wake the refresher if this process runs one (a CLI command starts none)."""
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+        if running:
+            self._wake.set()
+
     def start(self) -> None:
         """Start the background refresher once."""
         with self._lock:

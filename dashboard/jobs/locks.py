@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from dashboard.alembic_adapter import connect_args, describe_database_error
 from dashboard.errors import DashboardError
 
 PG_KEY_SQL = "('x' || substr(md5('migration-dashboard:' || :table), 1, 16))::bit(64)::bigint"
@@ -41,17 +42,24 @@ class TargetLock:
     """Hold the migration lock of one target database until released (or the process dies)."""
 
     def __init__(
-        self, *, url: URL, version_table: str = "alembic_version", schema: str | None = None
+        self,
+        *,
+        url: URL,
+        version_table: str = "alembic_version",
+        schema: str | None = None,
     ) -> None:
         self.url = url
         self.table = lock_table_name(version_table, schema)
         self.backend = url.get_backend_name()
         self._engine: sa.Engine | None = None
         self._connection: sa.Connection | None = None
+        self._owns_connection = True
         self._file: int | None = None
 
-    def try_acquire(self) -> bool:
-        """Take the lock if it is free; return whether we hold it."""
+    def try_acquire(self, *, on: sa.Connection | None = None) -> bool:
+        """Take the lock if it is free (on the session `on`, else our own); say if we hold it."""
+        if on is not None:
+            self._connection, self._owns_connection = on, False
         if self.backend == "sqlite":
             return self._try_file_lock()
         connection = self._connect()
@@ -68,10 +76,13 @@ class TargetLock:
         connection.commit()
         return bool(held)
 
-    def acquire(self, *, wait: float) -> None:
-        """Take the lock, waiting at most `wait` seconds; raise LockBusy otherwise."""
+    def acquire(self, *, wait: float, on: sa.Connection | None = None) -> None:
+        """Take the lock, waiting at most `wait` seconds; raise LockBusy otherwise.
+
+        With `on`, the lock belongs to that session: the runner passes the one it migrates on.
+        """
         deadline = time.monotonic() + wait
-        while not self.try_acquire():
+        while not self.try_acquire(on=on):
             if time.monotonic() >= deadline:
                 self.release()
                 raise LockBusy(
@@ -79,13 +90,18 @@ class TargetLock:
                 )
             time.sleep(0.2)
 
-    def release(self) -> None:
-        """Let go of the lock (closing the session releases it too)."""
+    def release(self, *, on: sa.Connection | None = None) -> None:
+        """Let go of the lock (closing the session releases it too, re-entrant holds included).
+
+        `on` is the same database session the lock was taken on, checked out again.
+        """
+        if on is not None:
+            self._connection, self._owns_connection = on, False
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             os.close(self._file)
             self._file = None
-        if self._connection is not None:
+        if self._connection is not None and self.backend != "sqlite":
             try:
                 if self.backend == "postgresql":
                     self._connection.execute(
@@ -95,8 +111,10 @@ class TargetLock:
                     self._connection.execute(
                         sa.text(f"SELECT RELEASE_LOCK({MYSQL_NAME_SQL})"), {"table": self.table}
                     )
+                self._connection.commit()
             finally:
-                self._connection.close()
+                if self._owns_connection:
+                    self._connection.close()
                 self._connection = None
         if self._engine is not None:
             self._engine.dispose()
@@ -115,8 +133,6 @@ class TargetLock:
 
     def _connect(self) -> sa.Connection:
         if self._connection is None:
-            from dashboard.alembic_adapter import connect_args
-
             self._engine = sa.create_engine(
                 self.url, poolclass=NullPool, connect_args=connect_args(self.url, 5.0)
             )
@@ -144,3 +160,58 @@ def lock_is_free(*, url: URL, version_table: str, schema: str | None) -> bool:
         return lock.try_acquire()
     finally:
         lock.release()
+
+
+def terminate_sessions(*, url: URL, session_ids: list[int]) -> list[str]:
+    """End a dead runner's database sessions where our role may; say what happened to each.
+
+    A runner killed mid-statement leaves its PostgreSQL backend (or MySQL thread) running the
+    statement, still holding the migration lock, until the server notices. Ending it frees
+    the lock only once the migrating session is really gone.
+    """
+    backend = url.get_backend_name()
+    if backend == "sqlite" or not session_ids:
+        return []
+    engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args(url, 5.0))
+    outcomes = []
+    try:
+        with engine.connect() as connection:
+            for session_id in session_ids:
+                try:
+                    if backend == "postgresql":
+                        ended = connection.scalar(
+                            sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": session_id}
+                        )
+                        # pg_terminate_backend only signals; wait until the backend is gone.
+                        for _ in range(50):
+                            alive = connection.scalar(
+                                sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"),
+                                {"pid": session_id},
+                            )
+                            if not alive:
+                                break
+                            time.sleep(0.1)
+                        outcomes.append(
+                            f"session {session_id} terminated"
+                            if ended
+                            else f"session {session_id} had already ended"
+                        )
+                    else:
+                        connection.exec_driver_sql(f"KILL {int(session_id)}")
+                        outcomes.append(f"session {session_id} terminated")
+                except sa.exc.DBAPIError as error:
+                    message = describe_database_error(error, url)
+                    if "Unknown thread id" in message:
+                        outcomes.append(f"session {session_id} had already ended")
+                    else:
+                        outcomes.append(
+                            f"session {session_id} could not be terminated ({message}): it may "
+                            "still be running, and holds the lock until it ends"
+                        )
+                    connection.rollback()
+    except sa.exc.SQLAlchemyError as error:
+        reason = describe_database_error(error, url)
+        outcomes.append(f"could not connect to end the runner's sessions ({reason})")
+    finally:
+        engine.dispose()
+    return outcomes

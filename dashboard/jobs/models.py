@@ -19,6 +19,7 @@ class JobState(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
+    STALE = "stale"  # under the lock, the database was not where the plan started: nothing ran
 
     @property
     def finished(self) -> bool:
@@ -52,6 +53,9 @@ class Job(db.Model):
     error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     half_applied: Mapped[bool] = mapped_column(default=False)
     runner_pid: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # The step that failed: its revision and its 1-based position in the run.
+    failed_revision: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    failed_step: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     # Set only for a job that executes an approved rollout (protected environments).
     rollout_id: Mapped[int | None] = mapped_column(
         sa.ForeignKey("rollout.id"), nullable=True, index=True
@@ -64,6 +68,26 @@ class Job(db.Model):
     @property
     def is_finished(self) -> bool:
         return self.job_state.finished
+
+    @property
+    def badge(self) -> str:
+        """The colour class of this job's state."""
+        return {
+            JobState.SUCCEEDED: "ok",
+            JobState.FAILED: "bad",
+            JobState.INTERRUPTED: "bad",
+            JobState.RUNNING: "warn",
+            JobState.STALE: "warn",
+        }.get(self.job_state, "muted")
+
+    @property
+    def failing_step(self) -> str | None:
+        """'step 2 of 3 (revision abc)' for a failed job whose failing step is known."""
+        if self.failed_revision is None:
+            return None
+        total = len(self.planned_revisions or [])
+        position = f"step {self.failed_step} of {total}" if total else f"step {self.failed_step}"
+        return f"{position} (revision {self.failed_revision})"
 
     def describe(self) -> dict[str, Any]:
         """Return the JSON shape used by `flask dashboard jobs --json`."""
@@ -80,6 +104,9 @@ class Job(db.Model):
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "error": self.error,
+            "failed_revision": self.failed_revision,
+            "failed_step": self.failed_step,
+            "half_applied": self.half_applied,
             "rollout": self.rollout_id,
         }
 

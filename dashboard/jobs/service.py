@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,17 +18,17 @@ from dashboard.environments.loader import Environment
 from dashboard.errors import (
     DashboardError,
     EnvironmentUnreachable,
+    FingerprintMissing,
     JobAlreadyRunning,
     JobRefused,
 )
 from dashboard.extensions import db
-from dashboard.jobs.locks import lock_is_free
+from dashboard.jobs.locks import lock_is_free, terminate_sessions
 from dashboard.jobs.models import ActiveJob, Job, JobLogLine, JobState
-from dashboard.runner import LOCK_BUSY_EXIT, SQL_MARKER, run_in_child
+from dashboard.runner import LOCK_BUSY_EXIT, SQL_MARKER, STALE_EXIT, RunResult, run_in_child
 from dashboard.users.models import Role, User
 
 OPERATIONS = ("upgrade", "downgrade", "stamp")
-_DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.IGNORECASE)
 
 
 def get_job(*, job_id: int) -> Job | None:
@@ -123,7 +122,14 @@ def request_job(
             target=target,
             timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
         )
-        if expected_fingerprint and expected_fingerprint != plan.fingerprint:
+        if not expected_fingerprint:
+            # Nothing would tie the request to a plan someone reviewed: a replayed or duplicated
+            # form would run whatever the plan is now. (A stamp runs no plan, so has none.)
+            raise FingerprintMissing(
+                "This form has no plan fingerprint: reload the page, review the plan and run it "
+                "again."
+            )
+        if expected_fingerprint != plan.fingerprint:
             raise JobRefused(
                 "The plan changed since it was shown (the environment moved or a script "
                 "changed): review the new plan and run it again."
@@ -336,12 +342,10 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
     db.session.commit()
 
     counter = {"number": 0}
-    statements: list[str] = []
 
     def store_line(raw: str) -> None:
         if raw.startswith(SQL_MARKER):
             kind, text = "sql", json.loads(raw[len(SQL_MARKER) :])
-            statements.append(text)
         else:
             kind, text = "log", raw
         counter["number"] += 1
@@ -371,13 +375,20 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
             on_line=store_line,
             options=options,
             on_start=remember_pid,
+            expected_from=tuple(job.from_revisions or ()),
+            planned=None if job.operation == "stamp" else tuple(job.planned_revisions or ()),
         )
-    return _finish(job_id=job_id, result=result, environment=environment, statements=statements)
+    return _finish(job_id=job_id, result=result, environment=environment)
 
 
-def _finish(*, job_id: int, result, environment: Environment, statements: list[str]) -> Job:
+def _finish(*, job_id: int, result: RunResult, environment: Environment) -> Job:
     db.session.expire_all()
     job = db.session.get(Job, job_id)
+    ended_sessions: list[str] = []
+    if result.signal_name is not None:
+        # The runner died mid-run: its sessions may still be migrating, and hold the lock.
+        ended_sessions = terminate_sessions(url=environment.url, session_ids=list(result.sessions))
+    reread_error = None
     try:
         job.to_revisions = list(
             alembic_adapter.read_current_revisions(
@@ -389,31 +400,24 @@ def _finish(*, job_id: int, result, environment: Environment, statements: list[s
         )
     except EnvironmentUnreachable as error:
         job.to_revisions = None
-        job.error = f"could not re-read the revision afterwards: {error}"
+        reread_error = f"could not re-read the revision afterwards: {error}"
     job.finished_at = utcnow()
     if result.succeeded:
         job.state = JobState.SUCCEEDED.value
-        action = "job.succeeded"
+    elif result.returncode == STALE_EXIT:
+        job.state = JobState.STALE.value
+        job.error = f"The plan no longer holds: {result.stale or result.failure_reason}."
+    elif result.signal_name is not None:
+        job.state = JobState.INTERRUPTED.value
+        job.error = _killed_report(job, result, ended_sessions)
     else:
         job.state = JobState.FAILED.value
-        action = "job.failed"
-        reason = result.failure_reason
-        if result.returncode == LOCK_BUSY_EXIT and not any(
-            line.startswith("ERROR:") for line in result.lines
-        ):
-            reason = "another process holds the migration lock"
-        ddl = [statement for statement in statements if _DDL.match(statement)]
-        if environment.dialect in ("mysql", "mariadb") and ddl:
-            job.half_applied = True
-            reason += (
-                f" — MySQL/MariaDB commits each DDL statement, so the database may be "
-                f"half-applied: {len(ddl)} DDL statement(s) ran before the failure (see the "
-                "statements in the log). Check the schema, then stamp the revision it matches."
-            )
-        job.error = reason if not job.error else f"{reason}; {job.error}"
+        job.error = _failure_report(job, result, environment)
+    if reread_error:
+        job.error = f"{job.error}; {reread_error}" if job.error else reread_error
     _release_guard(job)
     audit.record(
-        action=action,
+        action=f"job.{job.state}",
         actor=None,
         actor_name=job.requested_by,
         environment=job.environment,
@@ -422,9 +426,71 @@ def _finish(*, job_id: int, result, environment: Environment, statements: list[s
             outcome=job.state,
             after=job.to_revisions,
             half_applied=job.half_applied,
+            failed_revision=job.failed_revision,
+            failed_step=job.failed_step,
         ),
     )
     _rollout_job_finished(job)
     db.session.commit()
-    get_board().request_refresh()
+    get_board().refresh_soon()
     return job
+
+
+def _at(revisions: list[str] | None) -> str:
+    if revisions is None:
+        return "an unknown revision (it could not be re-read)"
+    return ", ".join(revisions) or "base"
+
+
+def _failure_report(job: Job, result: RunResult, environment: Environment) -> str:
+    """Say which step failed, why, and whether the database is consistent or half-applied."""
+    failure = result.failure
+    if result.returncode == LOCK_BUSY_EXIT and failure is None:
+        return f"Nothing ran: {result.failure_reason}."
+    if failure is None or failure.revision is None:
+        reason = failure.error if failure is not None else result.failure_reason
+        return (
+            f"The run failed before its first step: {reason}. Nothing was migrated; the "
+            f"database is at {_at(job.to_revisions)}."
+        )
+    job.failed_revision, job.failed_step = failure.revision, failure.step
+    headline = f"{job.failing_step.capitalize()} failed: {failure.error.rstrip('.')}."
+    if environment.transactional_ddl:
+        scope = (
+            "its transaction was rolled back"
+            if environment.transaction_per_migration
+            else "the run's one transaction was rolled back, with every step before it"
+        )
+        at = _at(job.to_revisions)
+        return f"{headline} {scope.capitalize()}: the database is consistent at {at}."
+    if failure.ddl_ran:
+        job.half_applied = True
+        listed = "; ".join(failure.ddl_ran)
+        kept = (
+            "MySQL/MariaDB does not roll back DDL"
+            if environment.dialect in ("mysql", "mariadb")
+            else "SQLite may keep the DDL of a failed step"
+        )
+        return (
+            f"{headline} {kept}, and this step had already run "
+            f"{len(failure.ddl_ran)} schema change(s): {listed}. The database may be "
+            f"half-applied: its version table says {_at(job.to_revisions)}, but its schema has "
+            "those changes. Check the schema, then stamp the revision it matches."
+        )
+    return (
+        f"{headline} The step had changed no schema: the database is consistent at "
+        f"{_at(job.to_revisions)}."
+    )
+
+
+def _killed_report(job: Job, result: RunResult, ended_sessions: list[str]) -> str:
+    """Say that the runner was killed, where, and what became of its database sessions."""
+    where = ""
+    if result.last_step is not None:
+        job.failed_step, job.failed_revision = result.last_step
+        where = f" during {job.failing_step}"
+    sessions = f" Its database sessions: {'; '.join(ended_sessions)}." if ended_sessions else ""
+    return (
+        f"The runner was killed by {result.signal_name}{where}.{sessions} The database is "
+        f"at {_at(job.to_revisions)}: check it before running again."
+    )

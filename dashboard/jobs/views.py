@@ -34,7 +34,7 @@ def start(name: str) -> ResponseReturnValue:
             operation=request.form.get("operation", "upgrade"),
             target=request.form.get("target", "").strip() or "head",
             actor=current_user._get_current_object(),
-            expected_fingerprint=request.form.get("fingerprint") or None,
+            expected_fingerprint=request.form.get("fingerprint", "").strip() or None,
         )
     except DashboardError as error:
         return _refused(error, name)

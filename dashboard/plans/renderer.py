@@ -56,6 +56,7 @@ def render_in_child(
     version_table: str = "alembic_version",
     version_table_schema: str | None = None,
     python_path: tuple[Path, ...] = (),
+    configure_args: dict | None = None,
     timeout: float = RENDER_TIMEOUT,
 ) -> list[RenderedStep]:
     """Render each (revision id, revisions before it) step for `url`'s dialect in a child."""
@@ -68,6 +69,8 @@ def render_in_child(
         "version_table": version_table,
         "version_table_schema": version_table_schema,
         "python_path": [str(folder) for folder in python_path],
+        # The environment's `configure_args:`, as its real runs pass them to context.configure().
+        "configure_args": dict(configure_args or {}),
     }
     child_env = dict(os.environ)
     child_env[URL_VARIABLE] = without_password(url).render_as_string(hide_password=False)
@@ -127,6 +130,7 @@ def main() -> int:
                     version_table_schema=spec.get("version_table_schema"),
                     python_path=[Path(folder) for folder in spec.get("python_path", [])],
                     session=session,
+                    configure_args=spec.get("configure_args") or {},
                 )
             except OfflineRenderError as error:
                 results.append({"revision": step["revision"], "sql": None, "reason": str(error)})

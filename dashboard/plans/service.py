@@ -7,6 +7,8 @@ fingerprint that an approval or a job binds to.
 Each step renders from the revisions the database holds just before it, so a merge step
 renders from *all* its parents (Alembic deletes one version row and updates the other, as a
 real run does) and a step that opens a new branch renders as an INSERT into the version table.
+A step's SQL carries no BEGIN/COMMIT: the plan says how the run groups its steps into
+transactions (`Plan.transactions`), and `Plan.sql` brackets them that way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ from dashboard.plans.renderer import render_in_child, without_password
 from dashboard.plans.warnings import plan_warnings
 
 _CACHE_SIZE = 128
+
+# How a run groups its steps into transactions (Plan.transactions), as Alembic does it online.
+ONE_TRANSACTION = "one"  # transactional DDL: one transaction for the whole run
+TRANSACTION_PER_STEP = "per_step"  # transactional DDL with transaction_per_migration
+NO_TRANSACTION = "none"  # SQLite, MySQL/MariaDB: each step commits on its own, DDL stays
+_DIALECT_NAMES = {"postgresql": "PostgreSQL", "sqlite": "SQLite", "mysql": "MySQL/MariaDB"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class Plan:
     from_revisions: tuple[str, ...]  # the environment's current revisions when planned
     steps: tuple[PlanStep, ...]  # in execution order
     fingerprint: str  # hex sha256
+    dialect: str  # the environment's database, e.g. "postgresql"
+    transactions: str  # ONE_TRANSACTION | TRANSACTION_PER_STEP | NO_TRANSACTION
     warnings: tuple[str, ...] = ()
 
     @property
@@ -62,17 +72,74 @@ class Plan:
         return not self.steps
 
     @property
+    def transactions_sentence(self) -> str:
+        """One plain sentence: how the run groups these steps into transactions."""
+        return transactions_sentence(
+            transactions=self.transactions, dialect=self.dialect, steps=len(self.steps)
+        )
+
+    @property
     def sql(self) -> str:
-        """Every step's SQL in execution order, each under a comment naming the step."""
-        parts = []
+        """The run's SQL, runnable as is: each step under a comment, in the run's transactions."""
+        if not self.steps:
+            return ""
+        parts = [f"-- {self.transactions_sentence}\n"]
+        if self.transactions == ONE_TRANSACTION:
+            parts.append("BEGIN;\n")
         for step in self.steps:
             title = step.message.splitlines()[0] if step.message else ""
             header = f"-- {self.direction} {step.revision_id}: {title}".rstrip(": ")
             if step.sql is None:
                 parts.append(f"{header}\n-- cannot render offline: {step.unrenderable_reason}\n")
+            elif self.transactions == TRANSACTION_PER_STEP:
+                parts.append(f"{header}\nBEGIN;\n\n{step.sql.strip()}\n\nCOMMIT;\n")
             else:
                 parts.append(f"{header}\n{step.sql.strip()}\n")
+        if self.transactions == ONE_TRANSACTION:
+            parts.append("COMMIT;\n")
         return "\n".join(parts)
+
+
+def run_transactions(*, environment: Environment) -> str:
+    """How a run of `environment` groups its steps into transactions (Alembic's rules)."""
+    if not environment.transactional_ddl:
+        return NO_TRANSACTION
+    if environment.transaction_per_migration:
+        return TRANSACTION_PER_STEP
+    return ONE_TRANSACTION
+
+
+def transactions_sentence(*, transactions: str, dialect: str, steps: int) -> str:
+    """Say in one sentence what a failure undoes, for a plan of `steps` steps."""
+    if dialect in ("mysql", "mariadb"):
+        # The server commits DDL itself, whatever transactions Alembic opens around it.
+        return (
+            "MySQL/MariaDB commit each DDL statement as it runs, and each step on its own: "
+            "a step that fails half-way is not rolled back."
+        )
+    name = _DIALECT_NAMES.get(dialect, dialect)
+    if transactions == NO_TRANSACTION:
+        if dialect == "sqlite":
+            # Python's sqlite3 runs DDL outside a transaction until the step's first DML.
+            return (
+                "SQLite commits each step on its own and may not roll back the DDL a step ran: "
+                "a step that fails half-way can stay half-applied."
+            )
+        return (
+            "Each step commits on its own (transactional_ddl: false): "
+            "the steps before a failing one stay applied."
+        )
+    if steps == 1:
+        return f"{name} runs this step in one transaction: if it fails, it is rolled back."
+    if transactions == TRANSACTION_PER_STEP:
+        return (
+            "Each step runs in its own transaction: if one fails, it is rolled back, "
+            "and the steps before it stay applied."
+        )
+    return (
+        f"{name} runs these {steps} steps in one transaction: "
+        "if one fails, every step is rolled back."
+    )
 
 
 _plan_cache: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
@@ -110,6 +177,7 @@ def build_plan(
         environment.version_table,
         environment.version_table_schema,
         environment.python_path,
+        environment.configure_args,
         script_location,
         current,
         direction,
@@ -167,6 +235,7 @@ def _make_plan(
         version_table=environment.version_table,
         version_table_schema=environment.version_table_schema,
         python_path=environment.python_path,
+        configure_args=environment.configure_options,
     )
     graph = alembic_adapter.load_graph(script_location, environment.python_path)
     steps = []
@@ -183,6 +252,7 @@ def _make_plan(
                 unrenderable_reason=output.unrenderable_reason,
             )
         )
+    transactions = run_transactions(environment=environment)
     fingerprint = plan_fingerprint(
         environment=environment.name,
         current=current,
@@ -190,6 +260,7 @@ def _make_plan(
         alembic_target=resolved.alembic_target,
         steps=steps,
         env_py=script_location / "env.py",
+        transactions=transactions,
     )
     warnings = plan_warnings(
         steps=[(step.revision_id, step.path) for step in steps],
@@ -205,6 +276,8 @@ def _make_plan(
         from_revisions=current,
         steps=tuple(steps),
         fingerprint=fingerprint,
+        dialect=environment.dialect or "",
+        transactions=transactions,
         warnings=tuple(warnings),
     )
 
@@ -217,6 +290,7 @@ def plan_fingerprint(
     alembic_target: str,
     steps: list[PlanStep],
     env_py: Path,
+    transactions: str,
 ) -> str:
     """Return the sha256 that binds an approval to exactly this plan."""
     canonical = {
@@ -228,6 +302,8 @@ def plan_fingerprint(
         "scripts": [_file_digest(step.path) for step in steps],
         "env_py": _file_digest(env_py),
         "sql": [step.sql if step.sql is not None else step.unrenderable_reason for step in steps],
+        # What a failure undoes is part of what an approver approves.
+        "transactions": transactions,
     }
     encoded = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()

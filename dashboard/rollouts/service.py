@@ -91,6 +91,9 @@ def _frozen_plan(plan: Plan) -> dict[str, Any]:
             for step in plan.steps
         ],
         "warnings": list(plan.warnings),
+        "transactions": plan.transactions,
+        # Frozen as words: the page says what the approvers were shown, whatever changes later.
+        "transactions_sentence": plan.transactions_sentence,
         "fingerprint": plan.fingerprint,
     }
 
@@ -346,7 +349,13 @@ def request_rollout(
     target_revision = plan.alembic_target
     gate = None
     if direction == "upgrade":
-        gate = promotion_gate(environment=environment, target_revisions=[target_revision])
+        # The revisions the plan ends at ("heads" may be several), not the word typed.
+        reached = [
+            step.revision_id
+            for step in plan.steps
+            if not any(step.revision_id in later.down_revisions for later in plan.steps)
+        ]
+        gate = promotion_gate(environment=environment, target_revisions=reached)
     if gate and not justification:
         raise RolloutRefused(
             f"{gate} (An admin may override the promotion gate with a written justification.)"
@@ -687,6 +696,10 @@ def job_finished(*, job: Job) -> Rollout | None:
         rollout.state = RolloutState.EXECUTED.value
         rollout.state_reason = None
         action = "rollout.succeeded"
+    elif job.state == JobState.STALE:
+        rollout.state = RolloutState.STALE.value
+        rollout.state_reason = f"job #{job.id} found {job.error}; request a new rollout"
+        action = "rollout.stale"
     else:
         rollout.state = RolloutState.FAILED.value
         error = f": {job.error}" if job.error else ""
