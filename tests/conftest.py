@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from dashboard import create_app
+from tests.helpers import run_job_to_the_end
 from tests.servers import Server, start_gunicorn, stop_group, wait_until_serving
 
 REPO = Path(__file__).resolve().parent.parent
@@ -608,18 +609,5 @@ def upgrade_in_child(*, environment, project, target: str = "head") -> None:
 
 def upgrade_with_a_job(app, environment: str, target: str = "head") -> None:
     """Run an upgrade job to the end in the calling thread (e.g. staging before production)."""
-    from dashboard.jobs import service as jobs
-    from tests.helpers import fingerprint_of
-
-    with app.app_context():
-        job = jobs.request_job(
-            environment_name=environment,
-            operation="upgrade",
-            target=target,
-            actor=None,
-            actor_name="setup",
-            expected_fingerprint=fingerprint_of(environment, "upgrade", target),
-            submit=False,
-        )
-        finished = jobs.run_job(job_id=job.id)
-        assert finished.state == "succeeded", finished.error
+    finished = run_job_to_the_end(app, environment, "upgrade", target)
+    assert finished.state == "succeeded", finished.error

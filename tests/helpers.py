@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dashboard.environments import environment_named, get_project
+from dashboard.extensions import db
+from dashboard.jobs import service as jobs
 from dashboard.plans.service import build_plan
 
 
@@ -15,3 +17,32 @@ def fingerprint_of(environment: str, operation: str = "upgrade", target: str = "
         target=target,
     )
     return plan.fingerprint
+
+
+def run_job_to_the_end(
+    app,
+    environment: str = "dev",
+    operation: str = "upgrade",
+    target: str = "head",
+    *,
+    actor=None,
+    fingerprint: str | None = None,
+):
+    """Request a job for the plan a person would review now and run it in this thread, as the
+    CLI does; return the finished job, detached from the session."""
+    with app.app_context():
+        if fingerprint is None and operation != "stamp":
+            fingerprint = fingerprint_of(environment, operation, target)
+        job = jobs.request_job(
+            environment_name=environment,
+            operation=operation,
+            target=target,
+            actor=actor,
+            actor_name="cli:test",
+            expected_fingerprint=fingerprint,
+            submit=False,
+        )
+        finished = jobs.run_job(job_id=job.id)
+        db.session.refresh(finished)
+        db.session.expunge(finished)
+        return finished

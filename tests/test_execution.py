@@ -31,7 +31,7 @@ from tests.conftest import (
     upgrade_in_child,
     versions,
 )
-from tests.helpers import fingerprint_of
+from tests.helpers import fingerprint_of, run_job_to_the_end
 
 FAST = {"JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_SECONDS": 2, "JOB_LOCK_WAIT_SECONDS": 2}
 PG_LOCK_HOLDER = (
@@ -63,24 +63,6 @@ def without_logging(env_py: Path) -> None:
     env_py.write_text(source.replace("fileConfig(config.config_file_name)", "pass"))
 
 
-def run_to_the_end(app, environment="dev", operation="upgrade", target="head") -> Job:
-    """Request a job for the plan a person would see now and run it in this thread."""
-    with app.app_context():
-        job = jobs.request_job(
-            environment_name=environment,
-            operation=operation,
-            target=target,
-            actor=None,
-            actor_name="cli:test",
-            expected_fingerprint=fingerprint_of(environment, operation, target),
-            submit=False,
-        )
-        finished = jobs.run_job(job_id=job.id)
-        db.session.refresh(finished)
-        db.session.expunge(finished)
-        return finished
-
-
 # --- the lock is the migrating session ------------------------------------------------------
 
 
@@ -109,7 +91,7 @@ def test_a_job_completes_with_the_readme_lock_lines_and_migrates_on_the_lock_hol
         app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
 
         started = time.monotonic()
-        job = run_to_the_end(app)
+        job = run_job_to_the_end(app)
 
         assert job.state == "succeeded", job.error
         assert time.monotonic() - started < 20  # not a lock wait that timed out
@@ -136,7 +118,7 @@ def test_a_plain_alembic_env_py_with_the_lock_lines_runs_under_the_dashboard(
         plain_script_tree.linear(2)
         app = app_for_tree(tmp_path / "site", plain_script_tree, {"dev": url}, **FAST)
 
-        job = run_to_the_end(app)
+        job = run_job_to_the_end(app)
 
         assert job.state == "succeeded", job.error
         assert versions(url) == ["r01"]
@@ -175,7 +157,7 @@ def test_a_terminal_flask_db_upgrade_with_the_lines_waits_while_a_job_runs(tmp_p
         finished: dict[str, object] = {}
 
         def run_job() -> None:
-            finished["job"] = run_to_the_end(app)
+            finished["job"] = run_job_to_the_end(app)
             finished["at"] = time.monotonic()
 
         worker = threading.Thread(target=run_job)
@@ -291,9 +273,9 @@ def test_a_mariadb_downgrade_failing_before_any_ddl_is_reported_consistent(
             without_logging(script_tree.path / "env.py")
         failing_downgrade_tree(script_tree, ddl_before_failure=False)
         app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
-        assert run_to_the_end(app).state == "succeeded"
+        assert run_job_to_the_end(app).state == "succeeded"
 
-        job = run_to_the_end(app, operation="downgrade", target="base")
+        job = run_job_to_the_end(app, operation="downgrade", target="base")
 
         assert job.state == "failed"
         assert job.failed_revision == "r01" and job.failed_step == 2
@@ -318,9 +300,9 @@ def test_a_mariadb_downgrade_failing_after_ddl_lists_exactly_that_steps_ddl(
             without_logging(script_tree.path / "env.py")
         failing_downgrade_tree(script_tree, ddl_before_failure=True)
         app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
-        assert run_to_the_end(app).state == "succeeded"
+        assert run_job_to_the_end(app).state == "succeeded"
 
-        job = run_to_the_end(app, operation="downgrade", target="base")
+        job = run_job_to_the_end(app, operation="downgrade", target="base")
 
         assert job.state == "failed" and job.half_applied
         assert job.failed_revision == "r01" and job.failed_step == 2
@@ -460,7 +442,7 @@ def test_a_sqlite_step_failing_after_ddl_is_half_applied_and_the_table_is_really
     )
     app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
 
-    job = run_to_the_end(app)
+    job = run_job_to_the_end(app)
 
     url = f"sqlite:///{tmp_path / 'site' / 'dev.db'}"
     assert job.state == "failed" and job.half_applied

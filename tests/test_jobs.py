@@ -29,7 +29,7 @@ from tests.conftest import (
     table_names,
     versions,
 )
-from tests.helpers import fingerprint_of
+from tests.helpers import fingerprint_of, run_job_to_the_end
 
 # Sleeps when it really runs, not while the plan renders it offline.
 SLOW = "import time\nif not op.get_context().as_sql:\n    time.sleep({seconds})"
@@ -38,22 +38,7 @@ FAST = {"JOB_LOCK_WAIT_SECONDS": 1.0, "JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_S
 
 def run(app, environment="dev", operation="upgrade", target="head", actor=None):
     """Request and run a job in this process, as the CLI does; return the finished job."""
-    with app.app_context():
-        job = jobs.request_job(
-            environment_name=environment,
-            operation=operation,
-            target=target,
-            actor=actor,
-            actor_name="cli:test",
-            expected_fingerprint=(
-                None if operation == "stamp" else fingerprint_of(environment, operation, target)
-            ),
-            submit=False,
-        )
-        finished = jobs.run_job(job_id=job.id)
-        db.session.refresh(finished)
-        db.session.expunge(finished)
-        return finished
+    return run_job_to_the_end(app, environment, operation, target, actor=actor)
 
 
 def operator_client(app):
@@ -78,7 +63,6 @@ def wait_until_idle(app, environment: str = "dev", seconds: float = 20) -> None:
         while jobs.active_job(environment=environment) and time.monotonic() < deadline:
             db.session.rollback()  # never sit on the SQLite store's write lock while waiting
             time.sleep(0.1)
-
 
 
 @pytest.mark.backends
@@ -240,7 +224,7 @@ def test_half_applied_run_on_mariadb_is_reported_and_stamp_recovers(tmp_path, sc
 SUPERVISOR = """
 import sys, time
 from tests.conftest import make_app
-from tests.helpers import fingerprint_of
+from tests.helpers import fingerprint_of, run_job_to_the_end
 from pathlib import Path
 from dashboard.jobs import service as jobs
 app = make_app(Path(sys.argv[1]), JOB_HEARTBEAT_SECONDS=0.3, JOB_STALE_SECONDS=1.5)

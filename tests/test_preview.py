@@ -12,8 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dashboard.environments import environment_named, get_project
-from dashboard.extensions import db
-from dashboard.jobs import service as jobs
 from dashboard.plans.service import Plan, build_plan
 from tests.conftest import (
     Auth,
@@ -26,6 +24,7 @@ from tests.conftest import (
     upgrade_with_a_job,
     versions,
 )
+from tests.helpers import run_job_to_the_end
 
 ONE_TRANSACTION = (
     "PostgreSQL runs these 3 steps in one transaction: if one fails, every step is rolled back."
@@ -284,19 +283,8 @@ def three_steps_the_last_failing(tree: ScriptTree) -> None:
 def run_to_head(app) -> tuple[Plan, str, str | None]:
     """Run the reviewed upgrade-to-head plan as a job; return it, the job's state and error."""
     plan = current_plan(app)
-    with app.app_context():
-        job = jobs.request_job(
-            environment_name="dev",
-            operation="upgrade",
-            target="head",
-            actor=None,
-            actor_name="test",
-            expected_fingerprint=plan.fingerprint,
-            submit=False,
-        )
-        finished = jobs.run_job(job_id=job.id)
-        db.session.refresh(finished)
-        return plan, finished.state, finished.error
+    finished = run_job_to_the_end(app, fingerprint=plan.fingerprint)
+    return plan, finished.state, finished.error
 
 
 def test_a_failing_step_rolls_the_whole_postgresql_run_back(tmp_path, script_tree):

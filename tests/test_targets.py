@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 
 from dashboard import alembic_adapter
 from dashboard.environments import environment_named, get_project
-from dashboard.errors import PlanError
+from dashboard.errors import JobRefused, PlanError
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job
@@ -30,6 +30,7 @@ from tests.conftest import (
     table_names,
     versions,
 )
+from tests.helpers import run_job_to_the_end
 
 # Two independent branches, each with its own base and label: two heads, as Alembic's docs
 # build them. Every revision creates a table named after it.
@@ -187,19 +188,10 @@ def test_each_target_form_plans_and_runs_what_alembic_runs(
         assert plan.from_revisions == tuple(sorted(start))
         assert plan.revision_ids == steps
         assert plan.alembic_target == alembic_target
-        job = jobs.request_job(
-            environment_name="dev",
-            operation=direction,
-            target=target,
-            actor=None,
-            actor_name="test",
-            expected_fingerprint=plan.fingerprint,
-            submit=False,
-        )
-        finished = jobs.run_job(job_id=job.id)
-        assert finished.state == "succeeded", finished.error
-        assert (finished.requested_target, finished.alembic_target) == (target, alembic_target)
-        assert finished.planned_revisions == steps
+    finished = run_job_to_the_end(app, "dev", direction, target, fingerprint=plan.fingerprint)
+    assert finished.state == "succeeded", finished.error
+    assert (finished.requested_target, finished.alembic_target) == (target, alembic_target)
+    assert finished.planned_revisions == steps
 
     assert versions(database_url) == after
     assert migration_tables(database_url) == {
@@ -442,3 +434,33 @@ def test_the_run_form_runs_the_reviewed_plan_for_the_form(
 )
 def test_the_diff_pages_resolve_the_same_forms_to_revisions(two_branches, text, named):
     assert alembic_adapter.resolve_revisions(script_location=two_branches.path, text=text) == named
+
+
+@pytest.mark.parametrize(
+    ("target", "recorded"),
+    [
+        ("ex22", ["ex2222"]),
+        ("expand@head", ["ex3333"]),
+        ("heads", ["co2222", "ex3333"]),
+        ("base", []),
+    ],
+)
+def test_a_stamp_takes_the_forms_alembic_stamps(tmp_path, two_branches, target, recorded):
+    url = f"sqlite:///{tmp_path / 'site' / 'dev.db'}"
+    app = app_for_tree(tmp_path / "site", two_branches, {"dev": "sqlite:///dev.db"})
+    put_at(url, TWO_BRANCHES, ("ex1111",))
+
+    finished = run_job_to_the_end(app, "dev", "stamp", target)
+
+    assert finished.state == "succeeded", finished.error
+    assert versions(url) == recorded
+    assert migration_tables(url) == {"t_ex1111"}  # a stamp runs no script
+
+
+def test_a_stamp_to_an_unknown_revision_is_refused_with_the_reason(tmp_path, two_branches):
+    app = app_for_tree(tmp_path / "site", two_branches, {"dev": "sqlite:///dev.db"})
+
+    with app.app_context(), pytest.raises(JobRefused, match=r"Cannot stamp zz99: unknown revision"):
+        jobs.request_job(
+            environment_name="dev", operation="stamp", target="zz99", actor=None, submit=False
+        )

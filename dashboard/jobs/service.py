@@ -21,6 +21,7 @@ from dashboard.errors import (
     FingerprintMissing,
     JobAlreadyRunning,
     JobRefused,
+    PlanError,
 )
 from dashboard.extensions import db
 from dashboard.jobs.locks import lock_is_free, terminate_sessions
@@ -108,10 +109,17 @@ def request_job(
             version_table_schema=environment.version_table_schema,
             timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
         )
-        graph = get_board().graph()
-        if target not in ("base", "heads") and target not in graph:
-            raise JobRefused(f"Cannot stamp {target}: the script directory has no such revision.")
-        planned, alembic_target, fingerprint = [], target, None
+        try:
+            named = alembic_adapter.resolve_revisions(
+                script_location=project.script_location,
+                text=target,
+                python_path=environment.python_path,
+            )
+        except PlanError as error:
+            raise JobRefused(f"Cannot stamp {target}: {error}.") from error
+        # A prefix or a branch form becomes the revision it names now; several stay as typed.
+        alembic_target = named[0] if len(named) == 1 else ("base" if not named else target)
+        planned, fingerprint = [], None
     else:
         from dashboard.plans.service import build_plan
 
