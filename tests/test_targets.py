@@ -15,11 +15,14 @@ from sqlalchemy.engine import URL
 
 from dashboard import alembic_adapter
 from dashboard.environments import environment_named, get_project
-from dashboard.errors import JobRefused, PlanError
+from dashboard.errors import JobRefused, PlanError, RolloutRefused
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job
 from dashboard.plans import Plan, build_plan, clear_plan_cache
+from dashboard.rollouts import service as rollouts
+from dashboard.users import service as users
+from dashboard.users.models import User
 from tests.conftest import (
     Auth,
     ScriptTree,
@@ -464,3 +467,34 @@ def test_a_stamp_to_an_unknown_revision_is_refused_with_the_reason(tmp_path, two
         jobs.request_job(
             environment_name="dev", operation="stamp", target="zz99", actor=None, submit=False
         )
+
+
+def test_the_promotion_gate_of_a_rollout_to_heads_checks_every_head_it_reaches(
+    tmp_path, two_branches
+):
+    site = tmp_path / "site"
+    app = app_for_tree(
+        site,
+        two_branches,
+        {"staging": "sqlite:///staging.db", "production": "sqlite:///production.db"},
+        ENV_EXTRA={"production": {"after": "staging", "protected": True, "approvals": 1}},
+    )
+    put_at(f"sqlite:///{site / 'staging.db'}", TWO_BRANCHES, ("ex3333",))
+    with app.app_context():
+        users.create_user(username="olga", password="x" * 16, role="operator", actor=None)
+        olga = db.session.scalar(sa.select(User).where(User.username == "olga"))
+
+        with pytest.raises(RolloutRefused, match="co2222"):
+            rollouts.request_rollout(
+                environment_name="production", target="heads", reason="both", actor=olga
+            )
+        execute(
+            f"sqlite:///{site / 'staging.db'}",
+            "CREATE TABLE t_co1111 (id INTEGER)",
+            "CREATE TABLE t_co2222 (id INTEGER)",
+            "INSERT INTO alembic_version (version_num) VALUES ('co2222')",
+        )
+        requested = rollouts.request_rollout(
+            environment_name="production", target="heads", reason="both", actor=olga
+        )
+        assert requested.state == "pending"
