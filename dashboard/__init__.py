@@ -17,6 +17,8 @@ def create_app(
     config: str | type | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
+    # Imported here, not at the top: the runner and renderer children import `dashboard.target`,
+    # which loads this package, and must not pay for every blueprint and template on start.
     import config as config_module
     from dashboard import audit, cli, environments, error_pages, health, models, templating
     from dashboard.auth import security
@@ -26,8 +28,11 @@ def create_app(
     from dashboard.environments.views import bp as environments_bp
     from dashboard.extensions import db, migrate
     from dashboard.history.views import bp as history_bp
+    from dashboard.jobs import service as jobs_service
     from dashboard.jobs import views as jobs_views
+    from dashboard.jobs.executor import EXECUTOR, ThreadExecutor
     from dashboard.rollouts import cli as rollouts_cli
+    from dashboard.rollouts import flows as rollout_flows
     from dashboard.rollouts import views as rollouts_views
     from dashboard.users import views as users_views
 
@@ -47,6 +52,11 @@ def create_app(
     templating.init_app(app)
     error_pages.init_app(app)
     security.init_app(app)
+    # Threads start only when the first job is submitted; the executor is handed what it runs.
+    app.extensions[EXECUTOR] = ThreadExecutor(
+        app, run=jobs_service.run_job, max_workers=app.config["JOB_WORKERS"]
+    )
+    app.extensions[jobs_service.JOB_FINISHED_HOOKS] = [rollout_flows.job_finished]
     app.register_blueprint(health.bp)
     app.register_blueprint(auth_views.bp)
     app.register_blueprint(users_views.bp)

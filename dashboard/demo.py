@@ -10,7 +10,7 @@ from flask import current_app
 
 from dashboard.environments import get_board, get_project
 from dashboard.errors import ConfigurationError, MigrationFailed
-from dashboard.runner import run_in_child
+from dashboard.target.runner import run_in_child
 from dashboard.users import service as users
 from dashboard.users.models import Role
 

@@ -596,7 +596,7 @@ def versions(url: URL | str) -> list[str]:
 
 def upgrade_in_child(*, environment, project, target: str = "head") -> None:
     """Upgrade an environment straight through the runner (no job, no store)."""
-    from dashboard.runner import run_in_child
+    from dashboard.target.runner import run_in_child
 
     result = run_in_child(
         environment=environment,

@@ -7,7 +7,7 @@ from importlib.metadata import version
 
 from packaging.requirements import Requirement
 
-from dashboard import alembic_adapter
+from dashboard.target import adapter as alembic_adapter
 from tests.conftest import REPO
 
 

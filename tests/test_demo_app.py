@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from dashboard import alembic_adapter
 from dashboard.environments.status import Status, read_status
-from dashboard.runner import run_in_child
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.runner import run_in_child
 from tests.conftest import DEMO_SCRIPTS, execute, project_for, table_names
 
 BEFORE_BACKFILL = "4add470122e6"

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from dashboard.audit.models import AuditEvent
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
-from dashboard.jobs.locks import lock_is_free
 from dashboard.jobs.models import Job
+from dashboard.target.locks import lock_is_free
 from tests.conftest import (
     REPO,
     Auth,

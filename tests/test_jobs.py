@@ -17,8 +17,8 @@ from dashboard.audit.models import AuditEvent
 from dashboard.errors import JobAlreadyRunning, JobRefused
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
-from dashboard.jobs.locks import TargetLock, lock_is_free
 from dashboard.jobs.models import Job, JobLogLine
+from dashboard.target.locks import TargetLock, lock_is_free
 from dashboard.users.models import User
 from tests.conftest import (
     REPO,

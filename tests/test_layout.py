@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dashboard import alembic_adapter
 from dashboard.history.layout import layout
+from dashboard.target import adapter as alembic_adapter
 
 
 def test_a_linear_history_stays_in_one_lane(script_tree):

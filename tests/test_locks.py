@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import sqlalchemy as sa
 
-from dashboard.jobs.locks import TargetLock, lock_is_free
+from dashboard.target.locks import TargetLock, lock_is_free
 from tests.conftest import REPO, DatabaseFactory
 
 

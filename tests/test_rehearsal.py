@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import URL
 
-from dashboard import alembic_adapter
 from dashboard.environments.loader import Environment, Project
 from dashboard.plans import Plan, build_plan, clear_plan_cache
 from dashboard.plans.rehearsal import is_introspection, rehearse
 from dashboard.plans.warnings import statement_warnings
+from dashboard.target import adapter as alembic_adapter
 from tests.conftest import DEMO_SCRIPTS, ScriptTree, project_for, table_names, upgrade_in_child
 from tests.test_schema import restricted_url, scratch_leftovers, scratch_tmp
 

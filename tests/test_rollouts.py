@@ -20,6 +20,7 @@ from dashboard.errors import (
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job
+from dashboard.rollouts import flows
 from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
@@ -98,7 +99,7 @@ def job_count() -> int:
 
 
 def run_rollout(rollout: Rollout, actor: str = "olga") -> Job:
-    job = rollouts.execute_rollout(rollout_id=rollout.id, actor=user(actor), submit=False)
+    job = flows.execute_rollout(rollout_id=rollout.id, actor=user(actor), submit=False)
     return jobs.run_job(job_id=job.id)
 
 
@@ -205,7 +206,7 @@ def test_two_distinct_approvals_are_needed_before_it_can_run(site):
     once = approve(rollout, "ann")
     assert once.state == "pending"
     with pytest.raises(ApprovalRequired, match="1 of 2 approvals"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
     assert job_count() == 0
     assert rollouts.pending_count() == 1
     assert rollouts.pending_count(environment="staging") == 0
@@ -228,7 +229,7 @@ def test_a_rejection_ends_the_rollout(site):
     with pytest.raises(RolloutRefused, match="is rejected"):
         rollouts.approve_rollout(rollout_id=rollout.id, actor=user("ada"))
     with pytest.raises(RolloutRefused, match="is rejected"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
     (event,) = events("rollout.rejected")
     assert event.details["comment"] == "not now" and event.details["fingerprint"]
     assert vote_count() == 2 and job_count() == 0
@@ -273,7 +274,7 @@ def test_an_expired_rollout_is_expired_once_and_can_no_longer_be_approved_or_run
     with pytest.raises(RolloutRefused, match="is expired"):
         rollouts.approve_rollout(rollout_id=pending.id, actor=user("ann"))
     with pytest.raises(RolloutRefused, match="is expired"):
-        rollouts.execute_rollout(rollout_id=approved.id, actor=user("olga"), submit=False)
+        flows.execute_rollout(rollout_id=approved.id, actor=user("olga"), submit=False)
     expired = events("rollout.expired")
     assert sorted(event.details["rollout"] for event in expired) == [pending.id, approved.id]
     assert job_count() == 0
@@ -347,7 +348,7 @@ def test_an_admin_overrides_the_gate_with_a_justification_and_it_is_audited(gate
     assert override.details["fingerprint"] == rollout.fingerprint
     # The override bypasses the gate only: the approvals still apply.
     with pytest.raises(ApprovalRequired):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("ada"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("ada"), submit=False)
 
 
 def test_only_an_admin_with_a_written_justification_may_override(gated):
@@ -397,7 +398,7 @@ def test_a_job_on_a_protected_environment_needs_an_approved_rollout(site):
             operation="upgrade",
             target="r02",
             actor=user("olga"),
-            rollout_id=pending.id,
+            claim=flows.rollout_claim(pending.id),
             expected_fingerprint=fingerprint_of("production", "upgrade", "r02"),
             submit=False,
         )
@@ -408,7 +409,7 @@ def test_a_job_on_a_protected_environment_needs_an_approved_rollout(site):
             operation="upgrade",
             target="r01",
             actor=user("olga"),
-            rollout_id=approved.id,
+            claim=flows.rollout_claim(approved.id),
             expected_fingerprint=fingerprint_of("production", "upgrade", "r01"),
             submit=False,
         )
@@ -418,7 +419,7 @@ def test_a_job_on_a_protected_environment_needs_an_approved_rollout(site):
             operation="stamp",
             target="r02",
             actor=user("olga"),
-            rollout_id=approved.id,
+            claim=flows.rollout_claim(approved.id),
             submit=False,
         )
     assert job_count() == 0
@@ -453,22 +454,22 @@ def test_an_approved_rollout_runs_as_a_linked_job_and_the_audit_chain_verifies(s
     assert executed.details["job"] == job.id and executed.details["fingerprint"] == job.fingerprint
     assert audit.verify().ok
     with pytest.raises(RolloutRefused, match="is executed"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
 
 
 def test_a_rollout_cannot_be_executed_twice_while_its_job_is_queued(site):
     rollout = approve(request(), "ann", "bob")
-    job = rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+    job = flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
 
     with pytest.raises(RolloutRefused, match=f"already executing as job #{job.id}"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("otto"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("otto"), submit=False)
     assert job_count() == 1
 
 
 def test_a_viewer_cannot_execute_an_approved_rollout(site):
     rollout = approve(request(), "ann", "bob")
     with pytest.raises(RolloutForbidden, match="operator role"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("vic"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("vic"), submit=False)
     assert job_count() == 0
 
 
@@ -493,12 +494,12 @@ def test_a_failing_migration_fails_the_rollout_with_its_job_linked(tmp_path, scr
         (event,) = events("rollout.failed")
         assert event.details["job"] == job.id and event.details["outcome"] == "failed"
         with pytest.raises(RolloutRefused, match="is failed"):
-            rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+            flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
 
 
 def test_cancelling_a_rollouts_queued_job_fails_the_rollout(site):
     rollout = approve(request(), "ann", "bob")
-    job = rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+    job = flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
 
     jobs.cancel_job(job_id=job.id, actor=user("olga"))
 
@@ -526,7 +527,7 @@ def test_editing_a_script_in_the_plan_makes_the_rollout_stale(production, script
     script_tree.add_table("r01", "r00", "t1_renamed")
 
     with pytest.raises(RolloutStale, match="is stale and did not run"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
 
     stale = rollouts.get_rollout(rollout_id=rollout.id)
     assert stale.state == "stale" and "r01" in stale.state_reason
@@ -545,7 +546,7 @@ def test_moving_the_environment_by_hand_makes_the_rollout_stale(production):
     )
 
     with pytest.raises(RolloutStale, match="production moved: it was at base .* at r00 now"):
-        rollouts.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
+        flows.execute_rollout(rollout_id=rollout.id, actor=user("olga"), submit=False)
 
     assert rollouts.get_rollout(rollout_id=rollout.id).state == "stale"
     assert len(events("rollout.stale")) == 1

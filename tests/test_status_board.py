@@ -6,7 +6,7 @@ import time
 
 from dashboard.environments import StatusBoard, load_project
 from dashboard.environments.status import Status
-from dashboard.runner import run_in_child
+from dashboard.target.runner import run_in_child
 from tests.conftest import write_environments
 
 

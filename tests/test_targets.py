@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from dashboard import alembic_adapter
 from dashboard.environments import environment_named, get_project
 from dashboard.errors import JobRefused, PlanError, RolloutRefused
 from dashboard.extensions import db
@@ -21,6 +20,7 @@ from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job
 from dashboard.plans import Plan, build_plan, clear_plan_cache
 from dashboard.rollouts import service as rollouts
+from dashboard.target import adapter as alembic_adapter
 from dashboard.users import service as users
 from dashboard.users.models import User
 from tests.conftest import (

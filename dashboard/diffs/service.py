@@ -10,12 +10,12 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from dashboard import alembic_adapter
-from dashboard.alembic_adapter import RevisionGraph
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import PlanError
 from dashboard.plans.service import Plan, build_plan
 from dashboard.schema import SchemaDiff, diff_revisions
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.adapter import RevisionGraph
 
 _CACHE_SIZE = 64
 _diff_cache: OrderedDict[tuple[Any, ...], SchemaDiff] = OrderedDict()

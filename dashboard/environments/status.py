@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from dashboard import alembic_adapter
-from dashboard.alembic_adapter import RevisionGraph
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import DashboardError, EnvironmentUnreachable
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.adapter import RevisionGraph
 
 
 class Status(StrEnum):

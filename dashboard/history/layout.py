@@ -10,7 +10,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 
-from dashboard.alembic_adapter import RevisionGraph
+from dashboard.target.adapter import RevisionGraph
 
 ROW_HEIGHT = 36
 LANE_WIDTH = 16

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
 
-from dashboard import alembic_adapter
 from dashboard.audit import service as audit
 from dashboard.clock import as_aware, utcnow
 from dashboard.environments import environment_named, get_board, get_project
@@ -24,12 +25,30 @@ from dashboard.errors import (
     PlanError,
 )
 from dashboard.extensions import db
-from dashboard.jobs.locks import lock_is_free, terminate_sessions
+from dashboard.jobs.executor import get_executor
 from dashboard.jobs.models import ActiveJob, Job, JobLogLine, JobState
-from dashboard.runner import LOCK_BUSY_EXIT, SQL_MARKER, STALE_EXIT, RunResult, run_in_child
+from dashboard.plans.service import build_plan
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.locks import lock_is_free, terminate_sessions
+from dashboard.target.runner import LOCK_BUSY_EXIT, SQL_MARKER, STALE_EXIT, RunResult, run_in_child
 from dashboard.users.models import Role, User
 
 OPERATIONS = ("upgrade", "downgrade", "stamp")
+# app.extensions key: functions called with job=… when a job ends (registered by the factory).
+JOB_FINISHED_HOOKS = "dashboard.job_finished_hooks"
+
+
+@dataclass(frozen=True)
+class JobClaim:
+    """Work a job is started for (an approved rollout), claimed in the job's own transaction.
+
+    `take(environment=, operation=, target=, fingerprint=)` checks and locks it before the job
+    exists, returning what `started(claimed=, job=, actor=)` records once the job does.
+    """
+
+    rollout_id: int
+    take: Callable[..., Any]
+    started: Callable[..., None]
 
 
 def get_job(*, job_id: int) -> Job | None:
@@ -88,17 +107,19 @@ def request_job(
     actor: User | None,
     actor_name: str | None = None,
     expected_fingerprint: str | None = None,
-    rollout_id: int | None = None,
+    claim: JobClaim | None = None,
     submit: bool = True,
 ) -> Job:
     """Check the rules, plan, queue the job (one per environment) and audit the request.
 
-    On a protected environment the job must carry `rollout_id`: an approved rollout for
-    exactly this environment, direction, target and plan fingerprint (see dashboard.rollouts).
+    On a protected environment the job must carry a `claim`: an approved rollout for exactly
+    this environment, direction, target and plan fingerprint, which the rollout flow
+    (dashboard.rollouts.flows) claims in the job's own transaction.
     """
     environment = environment_named(environment_name)
+    rollout_id = claim.rollout_id if claim is not None else None
     _check_rules(environment=environment, operation=operation, actor=actor, rollout_id=rollout_id)
-    if rollout_id is not None and operation == "stamp":
+    if claim is not None and operation == "stamp":
         raise JobRefused("A rollout runs an upgrade or a downgrade, never a stamp.")
     # Plan before touching the store: on SQLite every store transaction holds its write lock.
     project = get_project()
@@ -121,8 +142,6 @@ def request_job(
         alembic_target = named[0] if len(named) == 1 else ("base" if not named else target)
         planned, fingerprint = [], None
     else:
-        from dashboard.plans.service import build_plan
-
         plan = build_plan(
             project=project,
             environment=environment,
@@ -148,12 +167,9 @@ def request_job(
         alembic_target, fingerprint = plan.alembic_target, plan.fingerprint
 
     reap_stale_jobs(environment=environment.name)  # may commit: claim the rollout after it
-    rollout = None
-    if rollout_id is not None:
-        from dashboard.rollouts import service as rollouts
-
-        rollout = rollouts.claim_for_job(
-            rollout_id=rollout_id,
+    claimed = None
+    if claim is not None:
+        claimed = claim.take(
             environment=environment.name,
             operation=operation,
             target=alembic_target,
@@ -192,12 +208,10 @@ def request_job(
         environment=environment.name,
         details=_job_details(job),
     )
-    if rollout is not None:
-        rollouts.start_execution(rollout=rollout, job=job, actor=actor)
+    if claim is not None:
+        claim.started(claimed=claimed, job=job, actor=actor)
     db.session.commit()
     if submit:
-        from dashboard.jobs.executor import get_executor
-
         get_executor().submit(job.id)
     return job
 
@@ -243,16 +257,15 @@ def cancel_job(*, job_id: int, actor: User | None, actor_name: str | None = None
         environment=job.environment,
         details=_job_details(job, outcome="cancelled"),
     )
-    _rollout_job_finished(job)
+    _job_finished(job)
     db.session.commit()
     return job
 
 
-def _rollout_job_finished(job: Job) -> None:
-    if job.rollout_id is not None:
-        from dashboard.rollouts import service as rollouts
-
-        rollouts.job_finished(job=job)
+def _job_finished(job: Job) -> None:
+    """Tell the work above the jobs service (a rollout) that a job ended; the caller commits."""
+    for hook in current_app.extensions.get(JOB_FINISHED_HOOKS, ()):
+        hook(job=job)
 
 
 def _release_guard(job: Job) -> None:
@@ -299,7 +312,7 @@ def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
             environment=job.environment,
             details=_job_details(job, outcome="interrupted"),
         )
-        _rollout_job_finished(job)
+        _job_finished(job)
         reaped.append(job)
     if reaped:
         db.session.commit()
@@ -438,7 +451,7 @@ def _finish(*, job_id: int, result: RunResult, environment: Environment) -> Job:
             failed_step=job.failed_step,
         ),
     )
-    _rollout_job_finished(job)
+    _job_finished(job)
     db.session.commit()
     get_board().refresh_soon()
     return job

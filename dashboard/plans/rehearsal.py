@@ -2,7 +2,7 @@
 
 The scratch database has the environment's dialect and is built at the plan's from-revisions
 (dashboard.schema.materialize); it is always removed afterwards. Each step runs in its own
-child process (dashboard.runner), so each step has its own statements, duration and outcome.
+child process (dashboard.target.runner), so each step has its own statements, duration and outcome.
 Rehearsal stops at the first failing step; the steps after it are reported as not run.
 
 What a step lists as `statements` is every statement the child executed, in order, including
@@ -42,8 +42,8 @@ from dashboard.errors import (
 )
 from dashboard.plans.service import Plan, PlanStep
 from dashboard.plans.warnings import sql_tokens, statement_warnings
-from dashboard.runner import SQL_MARKER, run_in_child
 from dashboard.schema.service import materialize, reflect_schema
+from dashboard.target.runner import SQL_MARKER, run_in_child
 
 _CATALOGUES = {
     "sqlite_master",

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dashboard import alembic_adapter
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import EnvironmentNotConfigured, PlanError
-from dashboard.plans.renderer import render_in_child, without_password
 from dashboard.plans.warnings import plan_warnings
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.renderer import render_in_child, without_password
 
 _CACHE_SIZE = 128
 

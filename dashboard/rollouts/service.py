@@ -4,7 +4,7 @@ Every rule lives here and holds whatever the caller is (a page, a forged POST, t
 only protected environments take rollouts; requester ≠ approver, whatever the role; one vote
 per person; N distinct approvals; any rejection ends it; the promotion gate (the one rule an
 admin may override, with a written justification); expiry; and plan binding — a rollout runs
-only the plan it was approved for, checked again by `jobs.request_job` itself.
+only the plan it was approved for, claimed again with the job itself (see flows.py).
 
 Mutations lock the rollout's row (SELECT … FOR UPDATE; SQLite serialises every writer with
 BEGIN IMMEDIATE) so two approvers voting at once both count, and a rollout runs once.
@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from flask import current_app
 
-from dashboard import alembic_adapter
 from dashboard.audit import service as audit
 from dashboard.clock import as_aware, utcnow
 from dashboard.environments import environment_named, get_project
@@ -38,6 +37,7 @@ from dashboard.extensions import db
 from dashboard.jobs.models import Job, JobState
 from dashboard.plans.service import Plan, build_plan
 from dashboard.rollouts.models import Rollout, RolloutState, RolloutVote, VoteDecision
+from dashboard.target import adapter as alembic_adapter
 from dashboard.users.models import Role, User
 
 OPEN_STATES = (RolloutState.PENDING.value, RolloutState.APPROVED.value)
@@ -525,10 +525,11 @@ def cancel_rollout(*, rollout_id: int, actor: User | None, comment: str | None =
 # --- executing ------------------------------------------------------------------------------
 
 
-def execute_rollout(*, rollout_id: int, actor: User | None, submit: bool = True) -> Job:
-    """Re-plan; run the approved plan as a job if it is unchanged, else mark the rollout stale."""
-    from dashboard.jobs import service as jobs
+def prepare_execution(*, rollout_id: int, actor: User | None) -> dict[str, Any]:
+    """Check an approved rollout and re-plan it; return its frozen plan, or mark it stale.
 
+    dashboard.rollouts.flows.execute_rollout then runs the frozen plan as a job.
+    """
     actor = _signed_in(actor, "execute a rollout")
     if not actor.has_role(Role.OPERATOR):
         raise RolloutForbidden("Executing a rollout needs the operator role or higher.")
@@ -565,15 +566,7 @@ def execute_rollout(*, rollout_id: int, actor: User | None, submit: bool = True)
         raise RolloutStale(
             f"Rollout #{rollout_id} is stale and did not run: {stale}. Request it again."
         )
-    return jobs.request_job(
-        environment_name=frozen["environment"],
-        operation=frozen["direction"],
-        target=frozen["target"],
-        actor=actor,
-        expected_fingerprint=frozen["fingerprint"],
-        rollout_id=rollout_id,
-        submit=submit,
-    )
+    return frozen
 
 
 def _check_executable(rollout: Rollout) -> None:
@@ -641,7 +634,7 @@ def _mark_stale(rollout_id: int, reason: str, actor: User) -> None:
     db.session.commit()
 
 
-# --- the link with jobs (called by dashboard.jobs.service) ----------------------------------
+# --- the link with jobs (used by dashboard.rollouts.flows) ---------------------------------
 
 
 def claim_for_job(

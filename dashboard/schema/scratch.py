@@ -18,12 +18,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import NullPool
 
-from dashboard.alembic_adapter import connect_args, describe_database_error
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError, EnvironmentNotConfigured, ScratchUnavailable
 from dashboard.redact import redact
+from dashboard.target.adapter import describe_database_error
+from dashboard.target.engines import target_engine
 
 SCRATCH_PREFIX = "dashboard_scratch_"
 CONNECT_TIMEOUT = 5.0
@@ -78,12 +78,7 @@ def _server_url(environment: Environment) -> tuple[URL, str]:
 
 
 def _admin_engine(url: URL) -> sa.Engine:
-    return sa.create_engine(
-        url,
-        isolation_level="AUTOCOMMIT",
-        poolclass=NullPool,
-        connect_args=connect_args(url, CONNECT_TIMEOUT),
-    )
+    return target_engine(url, timeout=CONNECT_TIMEOUT, autocommit=True)
 
 
 @contextmanager

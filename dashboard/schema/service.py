@@ -37,9 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
-from dashboard import alembic_adapter
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import (
     DashboardError,
@@ -47,8 +45,10 @@ from dashboard.errors import (
     EnvironmentUnreachable,
     MigrationFailed,
 )
-from dashboard.runner import run_in_child
 from dashboard.schema.scratch import scratch_database
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.engines import target_engine
+from dashboard.target.runner import run_in_child
 
 REFLECT_TIMEOUT = 5.0
 KINDS = ("table", "column", "primary_key", "unique", "foreign_key", "index")
@@ -217,9 +217,7 @@ def _engine(url: URL) -> sa.Engine:
         database = url.database or ""
         if database and database != ":memory:" and not Path(database).exists():
             raise EnvironmentUnreachable(f"the SQLite database file {database} does not exist")
-    return sa.create_engine(
-        url, poolclass=NullPool, connect_args=alembic_adapter.connect_args(url, REFLECT_TIMEOUT)
-    )
+    return target_engine(url, timeout=REFLECT_TIMEOUT)
 
 
 def reflect_schema(*, url: URL, version_table: str = "alembic_version") -> Schema:

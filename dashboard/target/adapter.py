@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 import sqlalchemy as sa
 from alembic import command
@@ -36,6 +35,7 @@ from dashboard.errors import (
     ScriptDirectoryError,
 )
 from dashboard.redact import redact
+from dashboard.target.engines import connect_args, read_only_engine
 
 _CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
@@ -186,35 +186,6 @@ def _read_graph(script_location: Path, python_path: tuple[Path, ...]) -> Revisio
     return RevisionGraph(script_location, revisions, heads)
 
 
-def connect_args(url: URL, timeout: float) -> dict[str, Any]:
-    """Driver arguments that bound connecting (and a status query) by `timeout` seconds."""
-    backend, driver = url.get_backend_name(), url.get_driver_name()
-    if backend == "postgresql":
-        # libpq and psycopg take whole seconds, and treat values below 2 as 2.
-        return {"connect_timeout": max(1, round(timeout))}
-    if backend in ("mysql", "mariadb") and driver in ("pymysql", "mysqldb"):
-        seconds = max(1, round(timeout)) if driver == "mysqldb" else timeout
-        return {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
-    if backend == "sqlite":
-        return {"timeout": timeout}
-    return {}
-
-
-def _status_engine(url: URL, timeout: float) -> Engine:
-    """An engine that opens one short-lived connection and never creates a SQLite file."""
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        path = Path(url.database)
-        if not path.exists():
-            raise EnvironmentUnreachable(f"the SQLite database file {path} does not exist")
-        uri = f"file:{quote(str(path))}?mode=ro"
-        return sa.create_engine(
-            "sqlite://",
-            creator=lambda: sqlite3.connect(uri, uri=True, timeout=timeout),
-            poolclass=NullPool,
-        )
-    return sa.create_engine(url, poolclass=NullPool, connect_args=connect_args(url, timeout))
-
-
 def describe_database_error(error: BaseException, url: URL | None) -> str:
     """Turn a driver error into one readable line without the password or SQLAlchemy links."""
     original = getattr(error, "orig", None) or error
@@ -232,7 +203,7 @@ def read_current_revisions(
 ) -> tuple[str, ...]:
     """Return the revisions recorded in a database; () when it has no version table."""
     try:
-        engine = _status_engine(url, timeout)
+        engine = read_only_engine(url, timeout=timeout)
         try:
             with engine.connect() as connection:
                 context = MigrationContext.configure(

@@ -20,10 +20,10 @@ from types import TracebackType
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
-from dashboard.alembic_adapter import connect_args, describe_database_error
 from dashboard.errors import DashboardError
+from dashboard.target.adapter import describe_database_error
+from dashboard.target.engines import target_engine
 
 PG_KEY_SQL = "('x' || substr(md5('migration-dashboard:' || :table), 1, 16))::bit(64)::bigint"
 MYSQL_NAME_SQL = "CONCAT('mdash:', LEFT(SHA1(CONCAT(DATABASE(), '.', :table)), 40))"
@@ -31,6 +31,8 @@ MYSQL_NAME_SQL = "CONCAT('mdash:', LEFT(SHA1(CONCAT(DATABASE(), '.', :table)), 4
 
 class LockBusy(DashboardError):
     """Another process holds the migration lock of this database."""
+
+    status = 409
 
 
 def lock_table_name(version_table: str, version_table_schema: str | None) -> str:
@@ -133,9 +135,7 @@ class TargetLock:
 
     def _connect(self) -> sa.Connection:
         if self._connection is None:
-            self._engine = sa.create_engine(
-                self.url, poolclass=NullPool, connect_args=connect_args(self.url, 5.0)
-            )
+            self._engine = target_engine(self.url, timeout=5.0)
             self._connection = self._engine.connect()
         return self._connection
 
@@ -172,7 +172,7 @@ def terminate_sessions(*, url: URL, session_ids: list[int]) -> list[str]:
     backend = url.get_backend_name()
     if backend == "sqlite" or not session_ids:
         return []
-    engine = sa.create_engine(url, poolclass=NullPool, connect_args=connect_args(url, 5.0))
+    engine = target_engine(url, timeout=5.0)
     outcomes = []
     try:
         with engine.connect() as connection:

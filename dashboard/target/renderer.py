@@ -79,7 +79,7 @@ def render_in_child(
     child_env["PYTHONHASHSEED"] = "0"
     try:
         finished = subprocess.run(
-            [sys.executable, "-m", "dashboard.plans.renderer"],
+            [sys.executable, "-m", "dashboard.target.renderer"],
             input=json.dumps(spec),
             env=child_env,
             capture_output=True,
@@ -109,7 +109,7 @@ def render_in_child(
 
 def main() -> int:
     """Child entry point: read the JSON spec on stdin, print each step's SQL or reason as JSON."""
-    from dashboard import alembic_adapter
+    from dashboard.target import adapter as alembic_adapter
 
     spec = json.load(sys.stdin)
     url = make_url(os.environ.pop(URL_VARIABLE))

@@ -28,11 +28,11 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from dashboard import alembic_adapter
 from dashboard.environments.loader import Environment
 from dashboard.errors import EnvironmentNotConfigured, MigrationFailed, PlanChanged
-from dashboard.jobs.locks import LockBusy, TargetLock, lock_table_name
 from dashboard.redact import redact
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.locks import LockBusy, TargetLock, lock_table_name
 
 URL_VARIABLE = "DASHBOARD_RUNNER_URL"
 # Set for a plain Alembic env.py (which builds its own engine): the README's lock lines see that
@@ -150,7 +150,7 @@ def run_in_child(
     lines: list[str] = []
     private: dict[str, list[str]] = {marker: [] for marker in _PRIVATE_MARKERS}
     with subprocess.Popen(
-        [sys.executable, "-m", "dashboard.runner", json.dumps(spec)],
+        [sys.executable, "-m", "dashboard.target.runner", json.dumps(spec)],
         env=child_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -300,7 +300,7 @@ def _watch_the_database(spec: dict, observer: _StepObserver) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: run the command described by the JSON spec on $DASHBOARD_RUNNER_URL."""
     _die_with_parent()
-    parser = argparse.ArgumentParser(prog="python -m dashboard.runner")
+    parser = argparse.ArgumentParser(prog="python -m dashboard.target.runner")
     parser.add_argument("spec", help="JSON: script_location, operation, target, version_table…")
     spec = json.loads(parser.parse_args(argv).spec)
     url = make_url(os.environ.pop(URL_VARIABLE))

@@ -8,10 +8,10 @@ import uuid
 import pytest
 from sqlalchemy.engine import make_url
 
-from dashboard import alembic_adapter
 from dashboard.environments.status import Status, read_all, read_status
 from dashboard.errors import EnvironmentUnreachable, ScriptDirectoryError
-from dashboard.runner import run_in_child
+from dashboard.target import adapter as alembic_adapter
+from dashboard.target.runner import run_in_child
 from tests.conftest import DatabaseFactory, execute, project_for, table_names
 
 
