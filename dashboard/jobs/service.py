@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,6 +36,8 @@ from dashboard.target.runner import LOCK_BUSY_EXIT, SQL_MARKER, STALE_EXIT, RunR
 from dashboard.users.models import Role, User
 
 OPERATIONS = ("upgrade", "downgrade", "stamp")
+LOG_FLUSH_SECONDS = 0.25
+logger = logging.getLogger(__name__)
 # app.extensions key: functions called with job=… when a job ends (registered by the factory).
 JOB_FINISHED_HOOKS = "dashboard.job_finished_hooks"
 
@@ -319,29 +323,65 @@ def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
     return reaped
 
 
-class _Heartbeat:
-    """Keep a running job's heartbeat fresh from a thread of its own."""
+class _Supervision:
+    """From a thread of its own: keep a running job's heartbeat fresh and write its log.
+
+    Log lines are written in small batches (every LOG_FLUSH_SECONDS), not one commit each:
+    the page stays live, and a chatty migration does not wait on the store.
+    """
 
     def __init__(self, app, job_id: int, every: float) -> None:
         self.app, self.job_id, self.every = app, job_id, every
         self.stop = threading.Event()
+        self.pending: list[JobLogLine] = []
+        self.pending_lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def add(self, line: JobLogLine) -> None:
+        with self.pending_lock:
+            self.pending.append(line)
+
+    def _flush(self) -> None:
+        with self.pending_lock:
+            batch, self.pending = self.pending, []
+        if not batch:
+            return
+        try:
+            db.session.add_all(batch)
+            db.session.commit()
+        except sa.exc.SQLAlchemyError:
+            db.session.rollback()
+            with self.pending_lock:
+                self.pending[:0] = batch  # written with the next batch, in order
+            raise
 
     def _run(self) -> None:
         with self.app.app_context():
-            while not self.stop.wait(self.every):
-                db.session.execute(
-                    sa.update(Job).where(Job.id == self.job_id).values(heartbeat_at=utcnow())
-                )
-                db.session.commit()
+            last_beat = time.monotonic()
+            while not self.stop.wait(LOG_FLUSH_SECONDS):
+                try:
+                    self._flush()
+                    if time.monotonic() - last_beat >= self.every:
+                        db.session.execute(
+                            sa.update(Job)
+                            .where(Job.id == self.job_id)
+                            .values(heartbeat_at=utcnow())
+                        )
+                        db.session.commit()
+                        last_beat = time.monotonic()
+                # The store may be briefly unreachable: keep the lines, beat again next time.
+                except sa.exc.SQLAlchemyError:
+                    logger.warning("job %s: the store refused a heartbeat or log", self.job_id)
+                    db.session.rollback()
 
-    def __enter__(self) -> _Heartbeat:
+    def __enter__(self) -> _Supervision:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
+        self._flush()  # the rest, from the calling thread's own session
 
 
 def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job:
@@ -363,6 +403,7 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
     db.session.commit()
 
     counter = {"number": 0}
+    supervision = _Supervision(app, job_id, every=app.config["JOB_HEARTBEAT_SECONDS"])
 
     def store_line(raw: str) -> None:
         if raw.startswith(SQL_MARKER):
@@ -370,10 +411,9 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
         else:
             kind, text = "log", raw
         counter["number"] += 1
-        db.session.add(
+        supervision.add(
             JobLogLine(job_id=job_id, number=counter["number"], kind=kind, text=text, at=utcnow())
         )
-        db.session.commit()
         if on_line is not None:
             on_line(("SQL: " + text) if kind == "sql" else text)
 
@@ -387,7 +427,7 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
         "lock_timeout": environment.lock_timeout,
         "statement_timeout": environment.statement_timeout,
     }
-    with _Heartbeat(app, job_id, every=config["JOB_HEARTBEAT_SECONDS"]):
+    with supervision:
         result = run_in_child(
             environment=environment,
             script_location=get_project().script_location,
