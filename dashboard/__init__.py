@@ -8,11 +8,13 @@ from typing import Any
 
 from flask import Flask
 
+from dashboard.cli_errors import reports_errors
 from dashboard.errors import ConfigurationError
 
 STORE_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+@reports_errors  # under `flask …`, a bad environments.yaml is one line, not a traceback
 def create_app(
     config: str | type | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Flask:
@@ -20,7 +22,18 @@ def create_app(
     # Imported here, not at the top: the runner and renderer children import `dashboard.target`,
     # which loads this package, and must not pay for every blueprint and template on start.
     import config as config_module
-    from dashboard import audit, cli, environments, error_pages, health, models, templating
+    from dashboard import (
+        cli,
+        environments,
+        error_pages,
+        health,
+        housekeeping,
+        models,
+        templating,
+    )
+    from dashboard.audit import cli as audit_cli
+    from dashboard.audit import service as audit_service
+    from dashboard.audit import views as audit_views
     from dashboard.auth import security
     from dashboard.auth import views as auth_views
     from dashboard.diffs.views import bp as diffs_bp
@@ -48,7 +61,8 @@ def create_app(
     environments.init_app(app)
     cli.init_app(app)
     rollouts_cli.init_app(app)
-    audit.init_app(app)
+    audit_service.init_app(app)
+    cli.dashboard_cli.add_command(audit_cli.audit_cli)
     templating.init_app(app)
     error_pages.init_app(app)
     security.init_app(app)
@@ -57,6 +71,7 @@ def create_app(
         app, run=jobs_service.run_job, max_workers=app.config["JOB_WORKERS"]
     )
     app.extensions[jobs_service.JOB_FINISHED_HOOKS] = [rollout_flows.job_finished]
+    housekeeping.init_app(app)  # runs in the status refresher's thread, once that starts
     app.register_blueprint(health.bp)
     app.register_blueprint(auth_views.bp)
     app.register_blueprint(users_views.bp)
@@ -66,6 +81,7 @@ def create_app(
     app.register_blueprint(diffs_bp)
     app.register_blueprint(drift_bp)
     app.register_blueprint(rollouts_views.bp)
+    app.register_blueprint(audit_views.bp)
     return app
 
 

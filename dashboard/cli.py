@@ -13,9 +13,12 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from dashboard import demo
+from dashboard.cli_errors import reports_errors
+from dashboard.drift import service as drift
 from dashboard.environments import EnvironmentStatus, environment_named, get_board, get_project
-from dashboard.errors import DashboardError
-from dashboard.extensions import db
+from dashboard.jobs import service as jobs
+from dashboard.plans.service import build_plan
+from dashboard.schema import diff_revisions
 from dashboard.users import service as users
 from dashboard.users.models import Role
 
@@ -25,10 +28,6 @@ dashboard_cli = AppGroup("dashboard", help="Environments, revisions and the demo
 def init_app(app: Flask) -> None:
     """Register the `flask dashboard` command group."""
     app.cli.add_command(dashboard_cli)
-
-
-def _fail(error: DashboardError) -> click.ClickException:
-    return click.ClickException(str(error))
 
 
 def _age(checked_at: datetime | None) -> str:
@@ -52,12 +51,10 @@ def _current_words(status: EnvironmentStatus) -> str:
 
 @dashboard_cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per environment.")
+@reports_errors
 def status_command(as_json: bool) -> None:
     """Show which revision each environment is at and what is pending."""
-    try:
-        statuses = get_board().refresh()
-    except DashboardError as error:
-        raise _fail(error) from error
+    statuses = get_board().refresh()
     if as_json:
         click.echo(json.dumps([status.as_dict() for status in statuses], indent=2))
         return
@@ -84,14 +81,12 @@ def status_command(as_json: bool) -> None:
 
 @dashboard_cli.command("history")
 @click.option("--json", "as_json", is_flag=True, help="Print the revisions as JSON.")
+@reports_errors
 def history_command(as_json: bool) -> None:
     """List every revision, newest first, with branch/merge marks and where it is applied."""
     board = get_board()
-    try:
-        graph = board.graph()
-        statuses = board.refresh()
-    except DashboardError as error:
-        raise _fail(error) from error
+    graph = board.graph()
+    statuses = board.refresh()
     applied = {status.name: graph.ancestors(status.current) for status in statuses}
     entries = []
     for revision in graph.revisions:
@@ -142,42 +137,33 @@ def _find_user(username: str):
     show_default=True,
 )
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@reports_errors
 def create_user_command(username: str, role: str, password_stdin: bool) -> None:
     """Create a user (the password is prompted for, or read from stdin)."""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        users.create_user(username=username, password=password, role=role, actor=None)
-    except DashboardError as error:
-        db.session.rollback()
-        raise _fail(error) from error
+    users.create_user(username=username, password=password, role=role, actor=None)
     click.echo(f"Created {username} ({role}).")
 
 
 @dashboard_cli.command("set-role")
 @click.argument("username")
 @click.argument("role", type=click.Choice([role.value for role in Role]))
+@reports_errors
 def set_role_command(username: str, role: str) -> None:
     """Give a user another role."""
-    try:
-        users.set_role(user=_find_user(username), role=role, actor=None)
-    except DashboardError as error:
-        db.session.rollback()
-        raise _fail(error) from error
+    users.set_role(user=_find_user(username), role=role, actor=None)
     click.echo(f"{username} is now {role}.")
 
 
 @dashboard_cli.command("deactivate")
 @click.argument("username")
+@reports_errors
 def deactivate_command(username: str) -> None:
     """Deactivate a user; their sessions stop working at once."""
-    try:
-        users.deactivate(user=_find_user(username), actor=None)
-    except DashboardError as error:
-        db.session.rollback()
-        raise _fail(error) from error
+    users.deactivate(user=_find_user(username), actor=None)
     click.echo(f"{username} is deactivated.")
 
 
@@ -190,36 +176,30 @@ def _cli_actor() -> str:
 
 
 def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
-    from dashboard.jobs import service as jobs
-    from dashboard.plans.service import build_plan
 
-    try:
-        fingerprint = None
-        if operation != "stamp":
-            # The job must run exactly this plan: the runner re-checks it under the lock.
-            plan = build_plan(
-                project=get_project(),
-                environment=environment_named(environment),
-                direction=operation,
-                target=target,
-            )
-            fingerprint = plan.fingerprint
-            click.echo(
-                f"plan: {operation} {environment} from {', '.join(plan.from_revisions) or 'base'}"
-                f" through {', '.join(plan.revision_ids) or 'nothing'} (fingerprint {fingerprint})"
-            )
-        job = jobs.request_job(
-            environment_name=environment,
-            operation=operation,
+    fingerprint = None
+    if operation != "stamp":
+        # The job must run exactly this plan: the runner re-checks it under the lock.
+        plan = build_plan(
+            project=get_project(),
+            environment=environment_named(environment),
+            direction=operation,
             target=target,
-            actor=None,
-            actor_name=_cli_actor(),
-            expected_fingerprint=fingerprint,
-            submit=False,
         )
-    except DashboardError as error:
-        db.session.rollback()
-        raise _fail(error) from error
+        fingerprint = plan.fingerprint
+        click.echo(
+            f"plan: {operation} {environment} from {', '.join(plan.from_revisions) or 'base'}"
+            f" through {', '.join(plan.revision_ids) or 'nothing'} (fingerprint {fingerprint})"
+        )
+    job = jobs.request_job(
+        environment_name=environment,
+        operation=operation,
+        target=target,
+        actor=None,
+        actor_name=_cli_actor(),
+        expected_fingerprint=fingerprint,
+        submit=False,
+    )
     click.echo(f"job #{job.id}: {operation} {environment} to {target}")
     finished = jobs.run_job(job_id=job.id, on_line=click.echo)
     now_at = ", ".join(finished.to_revisions or []) or "base"
@@ -231,6 +211,7 @@ def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
 @dashboard_cli.command("upgrade")
 @click.argument("environment")
 @click.option("--target", default="head", show_default=True, help="A revision, head or +N.")
+@reports_errors
 def upgrade_command(environment: str, target: str) -> None:
     """Upgrade an environment through the job service (same rules, lock and audit as the web)."""
     _run_job_from_cli(environment, "upgrade", target)
@@ -239,6 +220,7 @@ def upgrade_command(environment: str, target: str) -> None:
 @dashboard_cli.command("downgrade")
 @click.argument("environment")
 @click.option("--target", required=True, help="A revision, -N or base.")
+@reports_errors
 def downgrade_command(environment: str, target: str) -> None:
     """Downgrade an environment through the job service."""
     _run_job_from_cli(environment, "downgrade", target)
@@ -247,6 +229,7 @@ def downgrade_command(environment: str, target: str) -> None:
 @dashboard_cli.command("stamp")
 @click.argument("environment")
 @click.argument("revision")
+@reports_errors
 def stamp_command(environment: str, revision: str) -> None:
     """Record REVISION in the version table without running scripts (recovery)."""
     _run_job_from_cli(environment, "stamp", revision)
@@ -255,9 +238,9 @@ def stamp_command(environment: str, revision: str) -> None:
 @dashboard_cli.command("jobs")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @click.option("--environment", default=None, help="Only this environment's jobs.")
+@reports_errors
 def jobs_command(as_json: bool, environment: str | None) -> None:
     """List recent jobs, newest first."""
-    from dashboard.jobs import service as jobs
 
     recent = jobs.list_jobs(environment=environment, limit=50)
     if as_json:
@@ -281,57 +264,46 @@ def _print_changes(diff) -> None:
 @dashboard_cli.command("diff")
 @click.argument("environment")
 @click.option("--target", default="head", show_default=True, help="The revision to upgrade to.")
+@reports_errors
 def diff_command(environment: str, target: str) -> None:
     """Print what an upgrade would run: steps, SQL, warnings and the schema diff."""
-    from dashboard.plans.service import build_plan
-    from dashboard.schema import diff_revisions
 
     project = get_project()
-    env = project.get(environment)
-    if env is None:
-        raise click.ClickException(f"There is no environment called {environment!r}.")
-    try:
-        plan = build_plan(project=project, environment=env, direction="upgrade", target=target)
-        click.echo(
-            f"{env.name}: upgrade to {target}, {len(plan.steps)} step(s), "
-            f"fingerprint {plan.fingerprint}"
-        )
-        click.echo(plan.sql)
-        click.echo("warnings:" if plan.warnings else "warnings: none")
-        for warning in plan.warnings:
-            click.echo(f"  {warning}")
-        if not plan.is_empty:
-            click.echo("schema diff:")
-            _print_changes(
-                diff_revisions(
-                    project=project,
-                    environment=env,
-                    from_revision=plan.from_revisions or "base",
-                    to_revision=plan.revision_ids[-1],
-                )
+    env = environment_named(environment)
+    plan = build_plan(project=project, environment=env, direction="upgrade", target=target)
+    click.echo(
+        f"{env.name}: upgrade to {target}, {len(plan.steps)} step(s), "
+        f"fingerprint {plan.fingerprint}"
+    )
+    click.echo(plan.sql)
+    click.echo("warnings:" if plan.warnings else "warnings: none")
+    for warning in plan.warnings:
+        click.echo(f"  {warning}")
+    if not plan.is_empty:
+        click.echo("schema diff:")
+        _print_changes(
+            diff_revisions(
+                project=project,
+                environment=env,
+                from_revision=plan.from_revisions or "base",
+                to_revision=plan.revision_ids[-1],
             )
-    except DashboardError as error:
-        raise _fail(error) from error
+        )
 
 
 @dashboard_cli.command("drift")
 @click.argument("environment", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per environment.")
+@reports_errors
 def drift_command(environment: str | None, as_json: bool) -> None:
     """Compare live schemas with their recorded revisions; exit 1 when drift is found.
 
     Each report is kept as the environment's newest, so the Overview shows it too.
     """
-    from dashboard.drift import service as drift
 
     project = get_project()
     names = [environment] if environment else project.names
-    reports = []
-    try:
-        for name in names:
-            reports.append(drift.check_drift(environment_name=name, checked_by=_cli_actor()))
-    except DashboardError as error:
-        raise _fail(error) from error
+    reports = [drift.check_drift(environment_name=name, checked_by=_cli_actor()) for name in names]
     if as_json:
         click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
     else:
@@ -347,10 +319,8 @@ def drift_command(environment: str | None, as_json: bool) -> None:
 
 
 @dashboard_cli.command("demo")
+@reports_errors
 def demo_command() -> None:
     """Create or reset the demo: the dashboard's store and three SQLite environments."""
-    try:
-        for line in demo.build_demo():
-            click.echo(line)
-    except DashboardError as error:
-        raise _fail(error) from error
+    for line in demo.build_demo():
+        click.echo(line)

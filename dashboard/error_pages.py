@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from flask import Flask, render_template
+from flask import Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from dashboard.errors import ConfigurationError, DashboardError, ScriptDirectoryError
-from dashboard.htmx import is_htmx_request
+from dashboard.errors import DashboardError
+from dashboard.extensions import db
+from dashboard.htmx import into_main, is_htmx_request
 
 logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+ErrorPage = Callable[[DashboardError], str]
 
 _TITLES = {
     400: "That request was not understood",
@@ -18,6 +24,17 @@ _TITLES = {
     404: "Not found",
     405: "That is not allowed here",
     500: "Something went wrong",
+}
+
+# A domain error's heading on the shared error page, by the status its class means.
+_REFUSAL_TITLES = {
+    400: "That cannot be done as asked",
+    401: "Not signed in",
+    403: "You may not do that",
+    404: "Not found",
+    409: "Not done",
+    429: "Too many tries",
+    503: "Not available right now",
 }
 
 
@@ -37,9 +54,32 @@ def handle_http_error(error: HTTPException) -> tuple[str, int]:
     return _render(status, title, message or "There is nothing at this address.")
 
 
-def handle_configuration_error(error: DashboardError) -> tuple[str, int]:
-    logger.error("configuration error: %s", error)
-    return _render(500, "Configuration error", str(error))
+def shows_errors_with(page: ErrorPage) -> Callable[[F], F]:
+    """Have the error handler show this view's domain errors with `page` (its own form or
+    refusal card, rendered with the error) instead of the shared error page."""
+
+    def mark(view: F) -> F:
+        view.error_page = page  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def handle_domain_error(error: DashboardError) -> Response:
+    """Roll the store back; answer with the error's status, on its view's page or ours."""
+    db.session.rollback()
+    if error.status >= 500:
+        logger.warning("%s: %s", type(error).__name__, error)
+    view = current_app.view_functions.get(request.endpoint or "")
+    page: ErrorPage | None = getattr(view, "error_page", None)
+    if page is not None:
+        body = page(error)
+    else:
+        title = _REFUSAL_TITLES.get(error.status, _TITLES[500])
+        body, _ = _render(error.status, title, str(error))
+    response = Response(body, status=error.status, headers=error.headers())
+    # htmx swaps the answer into the page's main area, whichever element asked.
+    return into_main(response) if is_htmx_request() else response
 
 
 def handle_unexpected(error: Exception) -> tuple[str, int]:
@@ -50,7 +90,6 @@ def handle_unexpected(error: Exception) -> tuple[str, int]:
 def init_app(app: Flask) -> None:
     """Register the handlers."""
     app.register_error_handler(HTTPException, handle_http_error)
-    app.register_error_handler(ConfigurationError, handle_configuration_error)
-    app.register_error_handler(ScriptDirectoryError, handle_configuration_error)
+    app.register_error_handler(DashboardError, handle_domain_error)
     if not app.testing:
         app.register_error_handler(Exception, handle_unexpected)

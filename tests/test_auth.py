@@ -154,13 +154,26 @@ def test_authorization_matrix_covers_every_route_and_role(demo_app, demo_passwor
     assert mismatches == []
 
 
-def test_a_viewer_denied_an_admin_page_leaves_an_audit_event(clients, demo_app):
-    response = clients["viewer"].get("/users")
+def test_a_viewer_denied_an_admin_action_leaves_an_audit_event(clients, demo_app):
+    response = Auth(clients["viewer"]).post("/users", {"username": "sneaky", "role": "admin"})
     assert response.status_code == 403
     with demo_app.app_context():
         event = db.session.scalar(sa.select(AuditEvent).order_by(AuditEvent.seq.desc()))
     assert (event.action, event.actor_name) == ("access.denied", "viewer")
-    assert event.details["path"] == "/users"
+    assert (event.details["method"], event.details["path"]) == ("POST", "/users")
+
+
+def test_a_viewer_denied_an_admin_page_is_logged_not_audited(clients, demo_app, caplog):
+    def newest_event() -> int:
+        with demo_app.app_context():
+            return db.session.scalar(sa.select(sa.func.max(AuditEvent.seq)))
+
+    before = newest_event()
+    with caplog.at_level("WARNING", logger="dashboard.auth"):
+        response = clients["viewer"].get("/users")
+    assert response.status_code == 403
+    assert newest_event() == before  # GET never writes, not even a refusal
+    assert "access denied: viewer (viewer) GET /users needs the admin role" in caplog.text
 
 
 def test_post_without_csrf_token_is_rejected_and_changes_nothing(clients, demo_app):

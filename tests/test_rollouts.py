@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from dashboard import housekeeping
 from dashboard.audit import service as audit
 from dashboard.audit.models import AuditEvent
 from dashboard.errors import (
@@ -95,7 +96,6 @@ def vote_count() -> int:
 
 def job_count() -> int:
     return db.session.scalar(sa.select(sa.func.count()).select_from(Job))
-
 
 
 def run_rollout(rollout: Rollout, actor: str = "olga") -> Job:
@@ -259,7 +259,7 @@ def test_the_requester_or_an_admin_cancels(site):
     assert [event.actor_name for event in events("rollout.cancelled")] == ["olga", "ada"]
 
 
-def test_an_expired_rollout_is_expired_once_and_can_no_longer_be_approved_or_run(site):
+def test_an_overdue_rollout_reads_as_expired_without_a_write_and_can_no_longer_run(site):
     pending = request()
     approved = approve(request(), "ann", "bob")
     past = datetime.now(UTC) - timedelta(minutes=1)
@@ -267,17 +267,45 @@ def test_an_expired_rollout_is_expired_once_and_can_no_longer_be_approved_or_run
     db.session.commit()
 
     listed = rollouts.list_rollouts()
-    assert [rollout.state for rollout in listed] == ["expired", "expired"]
-    rollouts.list_rollouts(state="pending")
+    assert [rollout.current_state for rollout in listed] == ["expired", "expired"]
+    assert [rollout.state for rollout in listed] == ["approved", "pending"]  # nothing stored
+    assert rollouts.list_rollouts(state="pending") == []
+    assert rollouts.list_rollouts(state="approved") == []
+    expired_ids = [rollout.id for rollout in rollouts.list_rollouts(state="expired")]
+    assert expired_ids == [approved.id, pending.id]
     assert rollouts.pending_count() == 0
+    assert events("rollout.expired") == []
 
-    with pytest.raises(RolloutRefused, match="is expired"):
+    with pytest.raises(RolloutRefused, match="has expired"):
         rollouts.approve_rollout(rollout_id=pending.id, actor=user("ann"))
+    with pytest.raises(RolloutRefused, match="has expired"):
+        flows.execute_rollout(rollout_id=approved.id, actor=user("olga"), submit=False)
     with pytest.raises(RolloutRefused, match="is expired"):
         flows.execute_rollout(rollout_id=approved.id, actor=user("olga"), submit=False)
     expired = events("rollout.expired")
     assert sorted(event.details["rollout"] for event in expired) == [pending.id, approved.id]
     assert job_count() == 0
+
+
+def test_the_background_pass_stores_overdue_rollouts_as_expired_once(site):
+    overdue, later = request(), request()
+    db.session.execute(
+        sa.update(Rollout)
+        .where(Rollout.id == overdue.id)
+        .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+    )
+    db.session.commit()
+
+    assert housekeeping.persist_overdue_states().expired_rollouts == [overdue.id]
+    assert housekeeping.persist_overdue_states().expired_rollouts == []
+
+    stored = db.session.get(Rollout, overdue.id)
+    assert (stored.state, stored.current_state) == ("expired", "expired")
+    assert stored.state_reason.startswith("it expired at ") and stored.finished_at is not None
+    assert db.session.get(Rollout, later.id).state == "pending"
+    (event,) = events("rollout.expired")
+    assert (event.actor_name, event.environment) == ("system", "production")
+    assert event.details["rollout"] == overdue.id and event.details["expires_at"]
 
 
 def test_a_rollout_expires_when_acted_on_after_its_lifetime(site):

@@ -9,6 +9,7 @@ import click
 from flask.cli import AppGroup
 
 from dashboard.audit import service as audit
+from dashboard.cli_errors import reports_errors
 
 audit_cli = AppGroup("audit", help="The audit log: verify its hash chain, export its events.")
 
@@ -19,6 +20,7 @@ audit_cli = AppGroup("audit", help="The audit log: verify its hash chain, export
     metavar="SEQ:HASH",
     help="A head noted outside the store (the dashboard.audit log) that must still be there.",
 )
+@reports_errors
 def verify_command(expect_head: str | None) -> None:
     """Check every event's hash and link, and the signed checkpoints; exit 1 on a problem."""
     try:
@@ -49,6 +51,7 @@ def verify_command(expect_head: str | None) -> None:
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
     help="Write to this file instead of standard output.",
 )
+@reports_errors
 def export_command(
     export_format: str,
     actor: str | None,

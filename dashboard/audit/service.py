@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import current_app, has_request_context, request
+from flask import Flask, current_app, has_request_context, request
 from flask_sqlalchemy.pagination import Pagination
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
@@ -619,3 +619,22 @@ def to_json(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
         yield separator + json.dumps(dict(row), ensure_ascii=False)
         separator = ",\n"
     yield "[]\n" if separator == "[\n" else "\n]\n"
+
+
+# Seconds an SQLite store waits for another writer's lock before giving up.
+DEFAULT_SQLITE_BUSY_TIMEOUT = 15.0
+
+
+def init_app(app: Flask) -> None:
+    """Wire the audit log into the store: writers serialised, checkpoints logged on commit."""
+    with app.app_context():
+        engine = db.engine  # created by db.init_app; creating it does not connect
+    if engine.dialect.name == "sqlite":
+        busy_timeout = app.config.get("SQLITE_BUSY_TIMEOUT", DEFAULT_SQLITE_BUSY_TIMEOUT)
+        use_immediate_transactions(engine, busy_timeout=busy_timeout)
+    for name, listener in (
+        ("after_commit", log_committed_checkpoints),
+        ("after_transaction_end", forget_unlogged_checkpoints),
+    ):
+        if not event.contains(Session, name, listener):
+            event.listen(Session, name, listener)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -9,7 +10,12 @@ from typing import Any, TypeVar
 from flask import abort, request
 from flask_login import LoginManager, current_user
 
+from dashboard.audit import service as audit
 from dashboard.users.models import Role
+
+logger = logging.getLogger(__name__)
+# Methods that only read: refusing one is logged, not audited, because GET never writes.
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
 login_manager = LoginManager()
 login_manager.login_view = "auth.login"
@@ -20,7 +26,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def role_required(role: Role) -> Callable[[F], F]:
-    """Let through signed-in users whose role includes `role`; 403 (audited) for the others."""
+    """Let through signed-in users whose role includes `role`; 403 for the others.
+
+    A refused change (POST) is audited; a refused read is logged, so that a GET never writes.
+    """
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -28,18 +37,26 @@ def role_required(role: Role) -> Callable[[F], F]:
             if not current_user.is_authenticated:
                 return login_manager.unauthorized()
             if not current_user.has_role(role):
-                from dashboard.audit import service as audit
-
-                audit.record_alone(
-                    action="access.denied",
-                    actor=current_user,
-                    details={
-                        "outcome": "refused",
-                        "required_role": role.value,
-                        "method": request.method,
-                        "path": request.path,
-                    },
-                )
+                if request.method in READ_METHODS:
+                    logger.warning(
+                        "access denied: %s (%s) %s %s needs the %s role",
+                        current_user.username,
+                        current_user.role,
+                        request.method,
+                        request.path,
+                        role.value,
+                    )
+                else:
+                    audit.record_alone(
+                        action="access.denied",
+                        actor=current_user,
+                        details={
+                            "outcome": "refused",
+                            "required_role": role.value,
+                            "method": request.method,
+                            "path": request.path,
+                        },
+                    )
                 abort(403, description=f"This needs the {role.value} role or higher.")
             return view(*args, **kwargs)
 

@@ -10,6 +10,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from dashboard.auth import login_manager
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI, is_htmx_request
+from dashboard.users import service as users
 
 csrf = CSRFProtect()
 
@@ -57,8 +58,6 @@ def init_app(app: Flask) -> None:
 
     @login_manager.user_loader
     def load_user(session_id: str):
-        from dashboard.users import service as users
-
         return users.load_user(session_id)
 
     @app.before_request

@@ -9,7 +9,8 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required, login_user, logout_user
 
 from dashboard.audit import service as audit
-from dashboard.errors import InvalidCredentials, LoginThrottled, UserError
+from dashboard.error_pages import shows_errors_with
+from dashboard.errors import DashboardError
 from dashboard.extensions import db
 from dashboard.users import service as users
 
@@ -27,7 +28,18 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def _login_with_error(error: DashboardError) -> str:
+    """The sign-in form again, with the username as typed and why it did not work."""
+    return render_template(
+        "auth/login.html",
+        next_url=request.values.get("next"),
+        username=request.form.get("username", ""),
+        error=str(error),
+    )
+
+
 @bp.route("/login", methods=["GET", "POST"])
+@shows_errors_with(_login_with_error)
 def login() -> ResponseReturnValue:
     """Show the sign-in form; sign in with a username and password."""
     next_url = request.values.get("next")
@@ -35,23 +47,11 @@ def login() -> ResponseReturnValue:
         if current_user.is_authenticated:
             return redirect(safe_next(next_url))
         return render_template("auth/login.html", next_url=next_url, username="")
-    username = request.form.get("username", "")
-    try:
-        user = users.authenticate(
-            username=username,
-            password=request.form.get("password", ""),
-            remote_addr=request.remote_addr or "unknown",
-        )
-    except LoginThrottled as error:
-        page = render_template(
-            "auth/login.html", next_url=next_url, username=username, error=str(error)
-        )
-        return page, 429, {"Retry-After": str(error.retry_after)}
-    except InvalidCredentials as error:
-        page = render_template(
-            "auth/login.html", next_url=next_url, username=username, error=str(error)
-        )
-        return page, 401
+    user = users.authenticate(
+        username=request.form.get("username", ""),
+        password=request.form.get("password", ""),
+        remote_addr=request.remote_addr or "unknown",
+    )
     login_user(user)
     return redirect(safe_next(next_url))
 
@@ -67,28 +67,28 @@ def logout() -> ResponseReturnValue:
     return redirect(url_for("auth.login"))
 
 
+def _account_with_error(error: DashboardError) -> str:
+    """The password form again, saying why the password was not changed."""
+    return render_template("auth/account.html", error=str(error))
+
+
 @bp.route("/account", methods=["GET", "POST"])
 @login_required
+@shows_errors_with(_account_with_error)
 def account() -> ResponseReturnValue:
     """Change your own password."""
-    error = None
-    if request.method == "POST":
-        new_password = request.form.get("new_password", "")
-        if new_password != request.form.get("confirm_password", ""):
-            error = "The two new passwords are not the same."
-        else:
-            try:
-                users.change_password(
-                    user=current_user._get_current_object(),
-                    current_password=request.form.get("current_password", ""),
-                    new_password=new_password,
-                )
-            except UserError as problem:
-                error = str(problem)
-            else:
-                # The token rotated: sign this session in again with the new one.
-                login_user(current_user._get_current_object())
-                flash("Your password is changed. Other sessions are signed out.", "info")
-                return redirect(url_for("auth.account"))
-    status = 400 if error else 200
-    return render_template("auth/account.html", error=error), status
+    if request.method == "GET":
+        return render_template("auth/account.html", error=None)
+    new_password = request.form.get("new_password", "")
+    if new_password != request.form.get("confirm_password", ""):
+        error = "The two new passwords are not the same."
+        return render_template("auth/account.html", error=error), 400
+    users.change_password(
+        user=current_user._get_current_object(),
+        current_password=request.form.get("current_password", ""),
+        new_password=new_password,
+    )
+    # The token rotated: sign this session in again with the new one.
+    login_user(current_user._get_current_object())
+    flash("Your password is changed. Other sessions are signed out.", "info")
+    return redirect(url_for("auth.account"))

@@ -13,11 +13,11 @@ from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
 from dashboard.htmx import is_htmx_request
+from dashboard.plans.rehearsal import rehearse
 from dashboard.plans.service import Plan, build_plan
 from dashboard.users.models import Role
 
 bp = Blueprint("diffs", __name__)
-
 
 
 def _request_args() -> dict[str, str]:
@@ -91,7 +91,6 @@ def schema(name: str) -> ResponseReturnValue:
 @role_required(Role.VIEWER)
 def rehearsal(name: str) -> ResponseReturnValue:
     """Run the plan on a scratch copy at the starting revision and show what really ran."""
-    from dashboard.plans.rehearsal import rehearse
 
     environment = environment_or_404(name)
     args = _request_args()
@@ -111,11 +110,7 @@ def rehearsal(name: str) -> ResponseReturnValue:
 def sql_file(name: str) -> ResponseReturnValue:
     """The whole plan's SQL as a file, each step under a comment naming it."""
     environment = environment_or_404(name)
-    args = _request_args()
-    try:
-        plan = _plan(environment, args)
-    except DashboardError as problem:
-        abort(400, description=str(problem))
+    plan = _plan(environment, _request_args())
     header = [
         f"-- {get_project().name}: {plan.direction} of {environment.name} "
         f"({environment.dialect}) from {', '.join(plan.from_revisions) or 'base'} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from dashboard.environments.loader import Environment, Project
 from dashboard.errors import DashboardError, EnvironmentUnreachable
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.adapter import RevisionGraph
+
+logger = logging.getLogger(__name__)
 
 
 class Status(StrEnum):
@@ -183,6 +186,19 @@ class StatusBoard:
         self._refreshing = False
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._chores: list[Callable[[], object]] = []
+
+    def add_chore(self, chore: Callable[[], object]) -> None:
+        """Run `chore` in the background thread after each refresh (e.g. store housekeeping)."""
+        self._chores.append(chore)
+
+    def run_chores(self) -> None:
+        """Run every chore once; one that fails is logged and the others still run."""
+        for chore in list(self._chores):
+            try:
+                chore()
+            except Exception:  # the refresher thread must outlive any one chore's failure
+                logger.exception("a background chore failed: %s", getattr(chore, "__name__", chore))
 
     def graph(self) -> RevisionGraph:
         """Return the (cached) revision graph of the project's script directory."""
@@ -245,6 +261,7 @@ class StatusBoard:
                     self._graph_error = str(error)
                     self._last_refresh = time.monotonic()
                     self._refreshed.notify_all()
+            self.run_chores()
             self._wake.wait(self.period)
             self._wake.clear()
 

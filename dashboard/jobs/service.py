@@ -278,49 +278,79 @@ def _release_guard(job: Job) -> None:
         db.session.delete(guard)
 
 
-def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
-    """Mark running jobs interrupted when their heartbeat is stale and their lock is free."""
+def heartbeat_is_stale(*, job: Job) -> bool:
+    """True for a running job whose heartbeat is older than JOB_STALE_SECONDS.
+
+    Pages show such a job as "interrupted?"; `reap_stale_jobs` (the background pass, or the next
+    job request) stores it as interrupted once it has seen that the migration lock is free.
+    """
+    if job.state != JobState.RUNNING:
+        return False
+    beat = as_aware(job.heartbeat_at or job.started_at or job.created_at)
     stale_after = timedelta(seconds=current_app.config["JOB_STALE_SECONDS"])
-    query = sa.select(Job).where(Job.state == JobState.RUNNING.value)
+    return beat is not None and utcnow() - beat >= stale_after
+
+
+def reap_stale_jobs(*, environment: str | None = None) -> list[Job]:
+    """Mark running jobs interrupted when their heartbeat is stale and their lock is free.
+
+    Each job is locked, looked at again and committed on its own, so that when several
+    processes look at once only one marks it and writes its `job.interrupted` event.
+    """
+    query = sa.select(Job).where(Job.state == JobState.RUNNING.value).order_by(Job.id)
     if environment:
         query = query.where(Job.environment == environment)
+    candidates = [
+        (job.id, job.environment)
+        for job in db.session.scalars(query).all()
+        if heartbeat_is_stale(job=job)
+    ]
+    # End the read before asking the target databases (on SQLite it holds the store's lock).
+    db.session.commit()
     reaped = []
-    for job in db.session.scalars(query).all():
-        beat = as_aware(job.heartbeat_at or job.started_at or job.created_at)
-        if beat is None or utcnow() - beat < stale_after:
+    for job_id, job_environment in candidates:
+        if not _lock_seems_free(job_environment):
             continue
-        target = get_project().get(job.environment)
-        if target is not None and target.url is not None:
-            try:
-                free = lock_is_free(
-                    url=target.url,
-                    version_table=target.version_table,
-                    schema=target.version_table_schema,
-                )
-            except (DashboardError, sa.exc.SQLAlchemyError, OSError):
-                continue  # cannot tell: leave it for a later look
-            if not free:
-                continue
-        job.state = JobState.INTERRUPTED.value
-        job.finished_at = utcnow()
-        job.error = (
-            "The process supervising this job stopped (its heartbeat went stale) and the "
-            "database's migration lock is free: the run was interrupted. Check the environment's "
-            "revision before running again."
-        )
-        _release_guard(job)
-        audit.record(
-            action="job.interrupted",
-            actor=None,
-            actor_name="system",
-            environment=job.environment,
-            details=_job_details(job, outcome="interrupted"),
-        )
-        _job_finished(job)
-        reaped.append(job)
-    if reaped:
+        job = db.session.get(Job, job_id, with_for_update=True, populate_existing=True)
+        if job is None or not heartbeat_is_stale(job=job):
+            db.session.rollback()  # another process marked it, or its heartbeat came back
+            continue
+        _mark_interrupted(job)
         db.session.commit()
+        reaped.append(job)
     return reaped
+
+
+def _lock_seems_free(environment_name: str) -> bool:
+    """Whether the migration lock of an environment is free; False when it cannot be told."""
+    target = get_project().get(environment_name)
+    if target is None or target.url is None:
+        return True
+    try:
+        return lock_is_free(
+            url=target.url, version_table=target.version_table, schema=target.version_table_schema
+        )
+    except (DashboardError, sa.exc.SQLAlchemyError, OSError):
+        return False  # cannot tell: leave it for a later look
+
+
+def _mark_interrupted(job: Job) -> None:
+    job.state = JobState.INTERRUPTED.value
+    job.finished_at = utcnow()
+    job.error = (
+        "The process supervising this job stopped (its heartbeat went stale) and the "
+        "database's migration lock is free: the run was interrupted. Check the environment's "
+        "revision before running again."
+    )
+    _release_guard(job)
+    audit.record(
+        action="job.interrupted",
+        actor=None,
+        actor_name="system",
+        environment=job.environment,
+        details=_job_details(job, outcome="interrupted"),
+    )
+    _job_finished(job)
 
 
 class _Supervision:

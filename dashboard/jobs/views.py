@@ -7,37 +7,38 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from dashboard.auth import role_required
-from dashboard.errors import DashboardError, JobRefused
-from dashboard.extensions import db
-from dashboard.htmx import into_main, is_htmx_request, stop_polling
+from dashboard.environments import get_project
+from dashboard.error_pages import shows_errors_with
+from dashboard.errors import DashboardError
+from dashboard.htmx import is_htmx_request, stop_polling
 from dashboard.jobs import service as jobs
+from dashboard.plans.service import build_plan
 from dashboard.users.models import Role
 
 bp = Blueprint("jobs", __name__)
 
 
-def _refused(error: DashboardError, environment: str) -> ResponseReturnValue:
-    db.session.rollback()
-    status = 409 if isinstance(error, JobRefused) else 400
+def _refused(error: DashboardError) -> str:
+    """Say why a job was not started (or cancelled), with the way back."""
     template = "jobs/_refused.html" if is_htmx_request() else "jobs/refused.html"
-    page = render_template(template, message=str(error), environment=environment, status=status)
-    return into_main(Response(page, status=status))
+    environment = (request.view_args or {}).get("name", "")
+    return render_template(
+        template, message=str(error), environment=environment, status=error.status
+    )
 
 
 @bp.post("/environments/<name>/jobs")
 @role_required(Role.OPERATOR)
+@shows_errors_with(_refused)
 def start(name: str) -> ResponseReturnValue:
     """Queue an upgrade, downgrade or stamp for the plan the user reviewed."""
-    try:
-        job = jobs.request_job(
-            environment_name=name,
-            operation=request.form.get("operation", "upgrade"),
-            target=request.form.get("target", "").strip() or "head",
-            actor=current_user._get_current_object(),
-            expected_fingerprint=request.form.get("fingerprint", "").strip() or None,
-        )
-    except DashboardError as error:
-        return _refused(error, name)
+    job = jobs.request_job(
+        environment_name=name,
+        operation=request.form.get("operation", "upgrade"),
+        target=request.form.get("target", "").strip() or "head",
+        actor=current_user._get_current_object(),
+        expected_fingerprint=request.form.get("fingerprint", "").strip() or None,
+    )
     target = url_for("jobs.job", job_id=job.id)
     if is_htmx_request():
         return Response(status=204, headers={"HX-Redirect": target})
@@ -46,12 +47,10 @@ def start(name: str) -> ResponseReturnValue:
 
 @bp.post("/jobs/<int:job_id>/cancel")
 @role_required(Role.OPERATOR)
+@shows_errors_with(_refused)
 def cancel(job_id: int) -> ResponseReturnValue:
     """Cancel a queued job."""
-    try:
-        job = jobs.cancel_job(job_id=job_id, actor=current_user._get_current_object())
-    except DashboardError as error:
-        return _refused(error, "")
+    job = jobs.cancel_job(job_id=job_id, actor=current_user._get_current_object())
     return redirect(url_for("jobs.job", job_id=job.id), code=303)
 
 
@@ -79,9 +78,12 @@ def _job_or_404(job_id: int):
 def job(job_id: int) -> ResponseReturnValue:
     """One job: its state, plan, live log and the statements it ran."""
     found = _job_or_404(job_id)
-    if found.state == "running":
-        jobs.reap_stale_jobs(environment=found.environment)
-    return render_template("jobs/job.html", job=found, lines=jobs.log_lines(job_id=job_id))
+    return render_template(
+        "jobs/job.html",
+        job=found,
+        lines=jobs.log_lines(job_id=job_id),
+        heartbeat_is_stale=jobs.heartbeat_is_stale(job=found),
+    )
 
 
 @bp.get("/jobs/<int:job_id>/live")
@@ -89,10 +91,13 @@ def job(job_id: int) -> ResponseReturnValue:
 def live(job_id: int) -> ResponseReturnValue:
     """The live part of the Job page; answers 286 (stop polling) once the job has ended."""
     found = _job_or_404(job_id)
-    if found.state == "running":
-        jobs.reap_stale_jobs(environment=found.environment)
     response = Response(
-        render_template("jobs/_live.html", job=found, lines=jobs.log_lines(job_id=job_id))
+        render_template(
+            "jobs/_live.html",
+            job=found,
+            lines=jobs.log_lines(job_id=job_id),
+            heartbeat_is_stale=jobs.heartbeat_is_stale(job=found),
+        )
     )
     return stop_polling(response) if found.is_finished else response
 
@@ -101,9 +106,6 @@ def live(job_id: int) -> ResponseReturnValue:
 @role_required(Role.VIEWER)
 def plan(name: str) -> ResponseReturnValue:
     """What an upgrade (or downgrade) would run: steps, SQL, fingerprint — before the button."""
-    from dashboard.environments import get_project
-    from dashboard.plans.service import build_plan
-
     project = get_project()
     environment = project.get(name)
     if environment is None:

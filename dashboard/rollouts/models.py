@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from dashboard.clock import as_aware, utcnow
 from dashboard.extensions import db
 
 
@@ -86,6 +87,34 @@ class Rollout(db.Model):
         return RolloutState(self.state)
 
     @property
+    def is_overdue(self) -> bool:
+        """True for an open rollout past its expiry, whether or not `expired` is stored yet."""
+        return (
+            RolloutState(self.state).open
+            and self.expires_at is not None
+            and as_aware(self.expires_at) <= utcnow()
+        )
+
+    @property
+    def current_state(self) -> str:
+        """The state to show and to act on: an overdue rollout is expired, stored or not."""
+        return RolloutState.EXPIRED.value if self.is_overdue else self.state
+
+    @property
+    def expiry_reason(self) -> str | None:
+        """Why an expired (or overdue) rollout ended, in words."""
+        if self.expires_at is None:
+            return None
+        return (
+            f"it expired at {as_aware(self.expires_at):%Y-%m-%d %H:%M} UTC before it was executed"
+        )
+
+    @property
+    def current_reason(self) -> str | None:
+        """The reason to show beside `current_state`."""
+        return self.expiry_reason if self.is_overdue else self.state_reason
+
+    @property
     def approvals(self) -> list[RolloutVote]:
         return [vote for vote in self.votes if vote.decision == VoteDecision.APPROVE]
 
@@ -112,8 +141,8 @@ class Rollout(db.Model):
             "from": self.from_revisions,
             "revisions": self.revision_ids,
             "fingerprint": self.fingerprint,
-            "state": self.state,
-            "state_reason": self.state_reason,
+            "state": self.current_state,
+            "state_reason": self.current_reason,
             "reason": self.reason,
             "ticket_url": self.ticket_url,
             "requested_by": self.requested_by,

@@ -31,7 +31,7 @@ class AllowedActions:
 
 def allowed_actions(*, rollout: Rollout, actor: User) -> AllowedActions:
     """Work out the actions `actor` may take on `rollout` as it stands."""
-    is_open = rollout.state in OPEN_STATES
+    is_open = rollout.current_state in OPEN_STATES
     is_requester = rollout.requested_by_id == actor.id
     voted = rollout.vote_by(actor.id) is not None
     may_vote = is_open and actor.has_role(Role.APPROVER) and not is_requester and not voted
@@ -44,11 +44,12 @@ def allowed_actions(*, rollout: Rollout, actor: User) -> AllowedActions:
         elif not actor.has_role(Role.APPROVER):
             why_not = "Approving needs the approver role."
     enough = approval_count(rollout=rollout) >= approvals_required(rollout=rollout)
+    runnable = rollout.current_state == RolloutState.APPROVED and enough
     return AllowedActions(
         approve=may_vote,
         reject=may_vote,
         cancel=is_open and (is_requester or actor.has_role(Role.ADMIN)),
-        execute=rollout.state == RolloutState.APPROVED and enough and actor.has_role(Role.OPERATOR),
+        execute=runnable and actor.has_role(Role.OPERATOR),
         why_not=why_not,
     )
 

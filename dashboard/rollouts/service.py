@@ -13,7 +13,7 @@ BEGIN IMMEDIATE) so two approvers voting at once both count, and a rollout runs 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,19 +120,35 @@ def _check_ticket_url(ticket_url: str | None) -> str | None:
 
 
 def get_rollout(*, rollout_id: int) -> Rollout | None:
-    """Return the rollout with this id (expiring due rollouts first), or None."""
-    expire_due_rollouts()
+    """Return the rollout with this id, or None (`current_state` says if it is overdue)."""
     return db.session.get(Rollout, rollout_id)
+
+
+def _overdue() -> sa.ColumnElement[bool]:
+    """Open rollouts past their expiry: expired, even before the background pass stores it."""
+    return sa.and_(
+        Rollout.state.in_(OPEN_STATES),
+        Rollout.expires_at.is_not(None),
+        Rollout.expires_at <= utcnow(),
+    )
+
+
+def _in_current_state(state: str) -> sa.ColumnElement[bool]:
+    """Rollouts whose `current_state` is `state`."""
+    if state == RolloutState.EXPIRED:
+        return sa.or_(Rollout.state == state, _overdue())
+    if state in OPEN_STATES:
+        return sa.and_(Rollout.state == state, sa.not_(_overdue()))
+    return Rollout.state == state
 
 
 def list_rollouts(
     *, state: str | None = None, environment: str | None = None, limit: int = 100
 ) -> list[Rollout]:
-    """Return rollouts, newest first, optionally only one state or environment."""
-    expire_due_rollouts()
+    """Return rollouts, newest first, optionally only one (current) state or environment."""
     query = sa.select(Rollout).order_by(Rollout.id.desc()).limit(limit)
     if state:
-        query = query.where(Rollout.state == state)
+        query = query.where(_in_current_state(state))
     if environment:
         query = query.where(Rollout.environment == environment)
     return list(db.session.scalars(query))
@@ -140,10 +156,9 @@ def list_rollouts(
 
 def pending_counts() -> dict[str, int]:
     """Return how many rollouts await approval, per environment (one query)."""
-    expire_due_rollouts()
     rows = db.session.execute(
         sa.select(Rollout.environment, sa.func.count())
-        .where(Rollout.state == RolloutState.PENDING.value)
+        .where(_in_current_state(RolloutState.PENDING.value))
         .group_by(Rollout.environment)
     )
     return {environment: count for environment, count in rows}
@@ -179,41 +194,29 @@ def _approvers(rollout: Rollout) -> set[int]:
 
 
 def expire_due_rollouts() -> list[Rollout]:
-    """Mark open rollouts past their expiry as expired (audited once); commit if any."""
-    now = utcnow()
-    rows = db.session.execute(
-        sa.select(Rollout.id, Rollout.expires_at).where(
-            Rollout.state.in_(OPEN_STATES), Rollout.expires_at.is_not(None)
-        )
-    ).all()
+    """Store overdue rollouts as expired, each audited once and committed on its own.
+
+    Called by the background pass (dashboard.housekeeping), never by a page: pages show an
+    overdue rollout as expired without writing.
+    """
+    overdue = list(db.session.scalars(sa.select(Rollout.id).where(_overdue()).order_by(Rollout.id)))
     expired = []
-    for rollout_id, expires_at in rows:
-        if as_aware(expires_at) > now:
+    for rollout_id in overdue:
+        # Lock and look again: another process may have expired, cancelled or run it meanwhile.
+        rollout = db.session.get(Rollout, rollout_id, with_for_update=True, populate_existing=True)
+        if rollout is None or not rollout.is_overdue:
+            db.session.rollback()
             continue
-        # Lock and look again: another process may have expired or executed it meanwhile.
-        rollout = _locked(rollout_id)
-        if _is_due(rollout, now):
-            _mark_expired(rollout)
-            expired.append(rollout)
-    if expired:
+        _mark_expired(rollout)
         db.session.commit()
+        expired.append(rollout)
     return expired
 
 
-def _is_due(rollout: Rollout, now: datetime) -> bool:
-    return (
-        rollout.state in OPEN_STATES
-        and rollout.expires_at is not None
-        and as_aware(rollout.expires_at) <= now
-    )
-
-
 def _mark_expired(rollout: Rollout) -> None:
+    rollout.state_reason = rollout.expiry_reason
     rollout.state = RolloutState.EXPIRED.value
     rollout.finished_at = utcnow()
-    rollout.state_reason = (
-        f"it expired at {as_aware(rollout.expires_at):%Y-%m-%d %H:%M} UTC before it was executed"
-    )
     audit.record(
         action="rollout.expired",
         actor=None,
@@ -224,8 +227,8 @@ def _mark_expired(rollout: Rollout) -> None:
 
 
 def _refuse_if_expired(rollout: Rollout) -> None:
-    """Expire a due rollout now (committed and audited), then refuse the act."""
-    if _is_due(rollout, utcnow()):
+    """Store an overdue rollout as expired now (committed and audited), then refuse the act."""
+    if rollout.is_overdue:
         _mark_expired(rollout)
         db.session.commit()
         raise RolloutRefused(f"Rollout #{rollout.id} has expired: request it again.")
@@ -649,7 +652,7 @@ def claim_for_job(
         problem = f"rollout #{rollout.id} is for a {rollout.direction} of {rollout.environment}"
     elif rollout.state != RolloutState.APPROVED:
         problem = f"rollout #{rollout.id} is {rollout.state}, not approved"
-    elif _is_due(rollout, utcnow()):
+    elif rollout.is_overdue:
         problem = f"rollout #{rollout.id} has expired"
     elif approval_count(rollout=rollout) < approvals_required(rollout=rollout):
         problem = f"rollout #{rollout.id} does not have its approvals"

@@ -7,17 +7,18 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from dashboard.auth import role_required
+from dashboard.diffs.service import steps_schema_diff
 from dashboard.environments import environment_or_404, get_project
-from dashboard.errors import DashboardError, RolloutForbidden
-from dashboard.extensions import db
-from dashboard.htmx import into_main, is_htmx_request
-from dashboard.rollouts import policy
+from dashboard.error_pages import shows_errors_with
+from dashboard.errors import DashboardError
+from dashboard.htmx import is_htmx_request
+from dashboard.plans.service import build_plan
+from dashboard.rollouts import flows, policy
 from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout, RolloutState
 from dashboard.users.models import Role
 
 bp = Blueprint("rollouts", __name__)
-
 
 
 def _rollout(rollout_id: int) -> Rollout:
@@ -37,13 +38,11 @@ def _go(target: str) -> ResponseReturnValue:
     return redirect(target, code=303)
 
 
-def _refused(error: DashboardError, rollout: Rollout | None) -> ResponseReturnValue:
-    """Render a refusal in words: 403 when the person may not, 409 when a rule says no."""
-    db.session.rollback()
-    status = 403 if isinstance(error, RolloutForbidden) else 409
+def _refused(error: DashboardError) -> str:
+    """Say why a rollout action was refused, with the way back to the rollout."""
     template = "rollouts/_refused.html" if is_htmx_request() else "rollouts/refused.html"
-    page = render_template(template, message=str(error), rollout=rollout, status=status)
-    return into_main(Response(page, status=status))
+    rollout_id = (request.view_args or {}).get("rollout_id")
+    return render_template(template, message=str(error), rollout_id=rollout_id, status=error.status)
 
 
 @bp.get("/rollouts")
@@ -67,8 +66,6 @@ def index() -> ResponseReturnValue:
 @role_required(Role.OPERATOR)
 def new(name: str) -> ResponseReturnValue:
     """The request form, with the plan it will freeze shown first."""
-    from dashboard.plans.service import build_plan
-
     environment = environment_or_404(name)
     target = request.args.get("target", "").strip() or "head"
     plan, error = None, None
@@ -90,20 +87,18 @@ def new(name: str) -> ResponseReturnValue:
 
 @bp.post("/environments/<name>/rollouts")
 @role_required(Role.OPERATOR)
+@shows_errors_with(_refused)
 def create(name: str) -> ResponseReturnValue:
     """Request a rollout of the plan the requester reviewed."""
     environment = environment_or_404(name)
-    try:
-        created = rollouts.request_rollout(
-            environment_name=environment.name,
-            target=request.form.get("target", "").strip() or "head",
-            reason=request.form.get("reason", ""),
-            ticket_url=request.form.get("ticket_url", "").strip() or None,
-            override_justification=request.form.get("override_justification", "").strip() or None,
-            actor=_actor(),
-        )
-    except DashboardError as error:
-        return _refused(error, None)
+    created = rollouts.request_rollout(
+        environment_name=environment.name,
+        target=request.form.get("target", "").strip() or "head",
+        reason=request.form.get("reason", ""),
+        ticket_url=request.form.get("ticket_url", "").strip() or None,
+        override_justification=request.form.get("override_justification", "").strip() or None,
+        actor=_actor(),
+    )
     return _go(url_for("rollouts.rollout", rollout_id=created.id))
 
 
@@ -126,8 +121,6 @@ def rollout(rollout_id: int) -> ResponseReturnValue:
 @role_required(Role.VIEWER)
 def schema(rollout_id: int) -> ResponseReturnValue:
     """The schema diff of the rollout's frozen plan."""
-    from dashboard.diffs.service import steps_schema_diff
-
     found = _rollout(rollout_id)
     environment = environment_or_404(found.environment)
     changes, error = None, None
@@ -146,15 +139,13 @@ def schema(rollout_id: int) -> ResponseReturnValue:
 
 def _decide(rollout_id: int, action) -> ResponseReturnValue:
     found = _rollout(rollout_id)
-    try:
-        action(rollout_id=found.id, actor=_actor(), comment=request.form.get("comment") or None)
-    except DashboardError as error:
-        return _refused(error, found)
+    action(rollout_id=found.id, actor=_actor(), comment=request.form.get("comment") or None)
     return _go(url_for("rollouts.rollout", rollout_id=rollout_id))
 
 
 @bp.post("/rollouts/<int:rollout_id>/approve")
 @role_required(Role.APPROVER)
+@shows_errors_with(_refused)
 def approve(rollout_id: int) -> ResponseReturnValue:
     """Approve someone else's rollout."""
     return _decide(rollout_id, rollouts.approve_rollout)
@@ -162,6 +153,7 @@ def approve(rollout_id: int) -> ResponseReturnValue:
 
 @bp.post("/rollouts/<int:rollout_id>/reject")
 @role_required(Role.APPROVER)
+@shows_errors_with(_refused)
 def reject(rollout_id: int) -> ResponseReturnValue:
     """Reject a rollout: it ends there."""
     return _decide(rollout_id, rollouts.reject_rollout)
@@ -169,6 +161,7 @@ def reject(rollout_id: int) -> ResponseReturnValue:
 
 @bp.post("/rollouts/<int:rollout_id>/cancel")
 @role_required(Role.OPERATOR)
+@shows_errors_with(_refused)
 def cancel(rollout_id: int) -> ResponseReturnValue:
     """Withdraw a rollout (its requester, or an admin)."""
     return _decide(rollout_id, rollouts.cancel_rollout)
@@ -176,11 +169,9 @@ def cancel(rollout_id: int) -> ResponseReturnValue:
 
 @bp.post("/rollouts/<int:rollout_id>/execute")
 @role_required(Role.OPERATOR)
+@shows_errors_with(_refused)
 def execute(rollout_id: int) -> ResponseReturnValue:
     """Run an approved rollout's plan as a job, if it still matches the environment."""
     found = _rollout(rollout_id)
-    try:
-        job = rollouts.execute_rollout(rollout_id=found.id, actor=_actor())
-    except DashboardError as error:
-        return _refused(error, found)
+    job = flows.execute_rollout(rollout_id=found.id, actor=_actor())
     return _go(url_for("jobs.job", job_id=job.id))

@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, make_url
 
 from dashboard.errors import OfflineRenderError, PlanError
 from dashboard.redact import redact
+from dashboard.target import adapter as alembic_adapter
 
 URL_VARIABLE = "DASHBOARD_RENDER_URL"
 RENDER_TIMEOUT = 120.0
@@ -109,8 +110,6 @@ def render_in_child(
 
 def main() -> int:
     """Child entry point: read the JSON spec on stdin, print each step's SQL or reason as JSON."""
-    from dashboard.target import adapter as alembic_adapter
-
     spec = json.load(sys.stdin)
     url = make_url(os.environ.pop(URL_VARIABLE))
     answer = sys.stdout

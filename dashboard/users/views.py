@@ -7,7 +7,8 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from dashboard.auth import role_required
-from dashboard.errors import UserError
+from dashboard.error_pages import shows_errors_with
+from dashboard.errors import DashboardError
 from dashboard.extensions import db
 from dashboard.users import service as users
 from dashboard.users.models import Role, User
@@ -15,17 +16,19 @@ from dashboard.users.models import Role, User
 bp = Blueprint("users", __name__, url_prefix="/users")
 
 
-def _page(error: str | None = None, created: tuple[str, str] | None = None, status: int = 200):
-    return (
-        render_template(
-            "users/users.html",
-            users=users.list_users(),
-            roles=[role.value for role in Role],
-            error=error,
-            created=created,
-        ),
-        status,
+def _page(error: str | None = None, created: tuple[str, str] | None = None) -> str:
+    return render_template(
+        "users/users.html",
+        users=users.list_users(),
+        roles=[role.value for role in Role],
+        error=error,
+        created=created,
     )
+
+
+def _page_with_error(error: DashboardError) -> str:
+    """The Users page again, saying why the change was not made."""
+    return _page(error=str(error))
 
 
 def _user_or_404(user_id: int) -> User:
@@ -44,50 +47,41 @@ def index() -> ResponseReturnValue:
 
 @bp.post("")
 @role_required(Role.ADMIN)
+@shows_errors_with(_page_with_error)
 def create() -> ResponseReturnValue:
     """Create a user; a blank password gets a generated one, shown once."""
     password = request.form.get("password", "") or users.generate_password()
     username = request.form.get("username", "")
-    try:
-        users.create_user(
-            username=username,
-            password=password,
-            role=request.form.get("role", ""),
-            actor=current_user._get_current_object(),
-        )
-    except UserError as error:
-        db.session.rollback()
-        return _page(error=str(error), status=400)
+    users.create_user(
+        username=username,
+        password=password,
+        role=request.form.get("role", ""),
+        actor=current_user._get_current_object(),
+    )
     generated = not request.form.get("password")
     return _page(created=(username.strip(), password if generated else ""))
 
 
 @bp.post("/<int:user_id>/role")
 @role_required(Role.ADMIN)
+@shows_errors_with(_page_with_error)
 def change_role(user_id: int) -> ResponseReturnValue:
     """Give a user another role."""
     user = _user_or_404(user_id)
-    try:
-        users.set_role(
-            user=user, role=request.form.get("role", ""), actor=current_user._get_current_object()
-        )
-    except UserError as error:
-        db.session.rollback()
-        return _page(error=str(error), status=400)
+    users.set_role(
+        user=user, role=request.form.get("role", ""), actor=current_user._get_current_object()
+    )
     flash(f"{user.username} is now {user.role}.", "info")
     return redirect(url_for("users.index"))
 
 
 @bp.post("/<int:user_id>/deactivate")
 @role_required(Role.ADMIN)
+@shows_errors_with(_page_with_error)
 def deactivate(user_id: int) -> ResponseReturnValue:
     """Deactivate a user; their sessions end at once."""
     user = _user_or_404(user_id)
-    try:
-        users.deactivate(user=user, actor=current_user._get_current_object())
-    except UserError as error:
-        db.session.rollback()
-        return _page(error=str(error), status=400)
+    users.deactivate(user=user, actor=current_user._get_current_object())
     flash(f"{user.username} is deactivated and signed out.", "info")
     return redirect(url_for("users.index"))
 
