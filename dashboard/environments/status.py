@@ -252,9 +252,15 @@ class StatusBoard:
             self._thread.start()
 
     def _run(self) -> None:
-        while True:
+        while threading.main_thread().is_alive():
             try:
                 self.refresh()
+            except RuntimeError:
+                # The interpreter is shutting down (a CLI command or a test run ending): the
+                # pool takes no more reads, and this daemon thread has nothing left to do.
+                if not threading.main_thread().is_alive():
+                    return
+                raise
             except DashboardError as error:
                 # A broken script directory must not kill the refresher; keep the last statuses.
                 with self._lock:
