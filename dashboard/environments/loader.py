@@ -122,10 +122,6 @@ class Project:
         return [environment.name for environment in self.environments]
 
 
-class _Problem(ConfigurationError):
-    pass
-
-
 class _Reader:
     """Walk the YAML node tree so every message can name the file, line and key."""
 

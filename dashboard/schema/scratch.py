@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from dashboard.environments.loader import Environment
-from dashboard.errors import DashboardError, EnvironmentNotConfigured, ScratchUnavailable
+from dashboard.errors import EnvironmentNotConfigured, ScratchUnavailable
 from dashboard.redact import redact
 from dashboard.target.adapter import describe_database_error
 from dashboard.target.engines import target_engine
@@ -120,6 +120,6 @@ def _drop(engine: sa.Engine, name: str, quoted: str, server: URL, *, raise_error
         )
         logger.warning(message)
         if raise_errors:
-            raise DashboardError(message) from error
+            raise ScratchUnavailable(message) from error
     finally:
         engine.dispose()
