@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
@@ -186,6 +188,7 @@ class StatusBoard:
         self._refreshing = False
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._chores: list[Callable[[], object]] = []
 
     def add_chore(self, chore: Callable[[], object]) -> None:
@@ -250,15 +253,26 @@ class StatusBoard:
                 return
             self._thread = threading.Thread(target=self._run, name="status-board", daemon=True)
             self._thread.start()
+        # End the refresher before the interpreter tears down the modules it uses (weakly: a
+        # board nobody holds any more needs no stopping).
+        atexit.register(_stop_at_exit, weakref.ref(self))
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the background refresher (at exit, or when a test is done with it)."""
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
 
     def _run(self) -> None:
-        while threading.main_thread().is_alive():
+        while not self._stopping.is_set():
             try:
                 self.refresh()
             except RuntimeError:
                 # The interpreter is shutting down (a CLI command or a test run ending): the
                 # pool takes no more reads, and this daemon thread has nothing left to do.
-                if not threading.main_thread().is_alive():
+                if self._stopping.is_set() or not threading.main_thread().is_alive():
                     return
                 raise
             except DashboardError as error:
@@ -267,6 +281,8 @@ class StatusBoard:
                     self._graph_error = str(error)
                     self._last_refresh = time.monotonic()
                     self._refreshed.notify_all()
+            if self._stopping.is_set():
+                return
             self.run_chores()
             self._wake.wait(self.period)
             self._wake.clear()
@@ -275,3 +291,9 @@ class StatusBoard:
     def graph_error(self) -> str | None:
         with self._lock:
             return self._graph_error
+
+
+def _stop_at_exit(board: weakref.ref[StatusBoard]) -> None:
+    alive = board()
+    if alive is not None:
+        alive.stop()
