@@ -19,6 +19,20 @@ def fingerprint_of(environment: str, operation: str = "upgrade", target: str = "
     return plan.fingerprint
 
 
+def queue_job(environment: str = "dev", operation: str = "upgrade", target: str = "head"):
+    """Queue a job for the plan a person would review now, without running it (inside an app
+    context)."""
+    return jobs.request_job(
+        environment_name=environment,
+        operation=operation,
+        target=target,
+        actor=None,
+        actor_name="cli:test",
+        expected_fingerprint=fingerprint_of(environment, operation, target),
+        submit=False,
+    )
+
+
 def run_job_to_the_end(
     app,
     environment: str = "dev",

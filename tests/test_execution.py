@@ -31,7 +31,7 @@ from tests.conftest import (
     upgrade_in_child,
     versions,
 )
-from tests.helpers import fingerprint_of, run_job_to_the_end
+from tests.helpers import queue_job, run_job_to_the_end
 
 FAST = {"JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_SECONDS": 2, "JOB_LOCK_WAIT_SECONDS": 2}
 PG_LOCK_HOLDER = (
@@ -201,15 +201,7 @@ def test_a_job_whose_database_moved_after_planning_ends_stale_and_runs_nothing(
         script_tree.linear(3)
         app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
         with app.app_context():
-            queued = jobs.request_job(
-                environment_name="dev",
-                operation="upgrade",
-                target="head",
-                actor=None,
-                actor_name="cli:test",
-                expected_fingerprint=fingerprint_of("dev"),
-                submit=False,
-            )
+            queued = queue_job()
             # Someone else moves the database between the plan and the run.
             from dashboard.environments import get_project
 
@@ -351,15 +343,7 @@ def test_a_runner_killed_mid_step_names_the_signal_and_frees_the_lock_only_with_
         script_tree.add("r01", "r00", "sleep", upgrade="op.execute('SELECT pg_sleep(30)')")
         app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
         with app.app_context():
-            queued = jobs.request_job(
-                environment_name="dev",
-                operation="upgrade",
-                target="head",
-                actor=None,
-                actor_name="cli:test",
-                expected_fingerprint=fingerprint_of("dev"),
-                submit=False,
-            )
+            queued = queue_job()
             job_id = queued.id
         outcome: dict[str, Job] = {}
 

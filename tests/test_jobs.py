@@ -29,7 +29,7 @@ from tests.conftest import (
     table_names,
     versions,
 )
-from tests.helpers import fingerprint_of, run_job_to_the_end
+from tests.helpers import fingerprint_of, queue_job, run_job_to_the_end
 
 # Sleeps when it really runs, not while the plan renders it offline.
 SLOW = "import time\nif not op.get_context().as_sql:\n    time.sleep({seconds})"
@@ -224,7 +224,7 @@ def test_half_applied_run_on_mariadb_is_reported_and_stamp_recovers(tmp_path, sc
 SUPERVISOR = """
 import sys, time
 from tests.conftest import make_app
-from tests.helpers import fingerprint_of, run_job_to_the_end
+from tests.helpers import fingerprint_of, queue_job, run_job_to_the_end
 from pathlib import Path
 from dashboard.jobs import service as jobs
 app = make_app(Path(sys.argv[1]), JOB_HEARTBEAT_SECONDS=0.3, JOB_STALE_SECONDS=1.5)
@@ -425,15 +425,7 @@ def test_a_queued_job_can_be_cancelled_and_frees_the_environment(tmp_path, scrip
     script_tree.linear(2)
     app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
     with app.app_context():
-        queued = jobs.request_job(
-            environment_name="dev",
-            operation="upgrade",
-            target="head",
-            actor=None,
-            actor_name="cli:test",
-            expected_fingerprint=fingerprint_of("dev", "upgrade", "head"),
-            submit=False,
-        )
+        queued = queue_job()
         cancelled = jobs.cancel_job(job_id=queued.id, actor=None, actor_name="cli:test")
         assert cancelled.state == "cancelled"
         assert jobs.active_job(environment="dev") is None
