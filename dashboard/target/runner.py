@@ -22,7 +22,7 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,6 @@ class RunResult:
     failure: Failure | None = None
     stale: str | None = None  # why the plan no longer held, when nothing ran for that reason
     last_step: tuple[int, str] | None = None  # (1-based position, revision) of the last step begun
-    statements: tuple[str, ...] = field(default=())
 
     @property
     def succeeded(self) -> bool:
@@ -181,9 +180,6 @@ def run_in_child(
         failure=Failure(**failures[-1]) if failures else None,
         stale=stale[-1] if stale else None,
         last_step=tuple(steps[-1]) if steps else None,
-        statements=tuple(
-            json.loads(line[len(SQL_MARKER) :]) for line in lines if line.startswith(SQL_MARKER)
-        ),
     )
 
 
