@@ -103,6 +103,7 @@ WRITER = textwrap.dedent(
         "testing",
         {"SQLALCHEMY_DATABASE_URI": url, "ENVIRONMENTS_FILE": environments, "AUDIT_HMAC_KEY": key},
     )
+    Path(go).with_name(f"ready-{name}").touch()
     while not Path(go).exists():
         time.sleep(0.01)
     with app.app_context():
@@ -134,7 +135,11 @@ def test_events_from_two_processes_form_one_intact_chain(audit_app, tmp_path):
         )
         for number in range(2)
     ]
-    time.sleep(0.5)  # let both start up, then release them together
+    # Release both writers together once both have started (a loaded machine takes seconds).
+    ready = [tmp_path / f"ready-process-{number}" for number in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(path.exists() for path in ready) and time.monotonic() < deadline:
+        time.sleep(0.02)
     go.touch()
     record_events(audit_app, 30, action="test.parent")
     outputs = [process.communicate(timeout=120)[0] for process in processes]

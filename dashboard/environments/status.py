@@ -269,10 +269,15 @@ class StatusBoard:
         while not self._stopping.is_set():
             try:
                 self.refresh()
-            except RuntimeError:
+            except RuntimeError as error:
                 # The interpreter is shutting down (a CLI command or a test run ending): the
-                # pool takes no more reads, and this daemon thread has nothing left to do.
-                if self._stopping.is_set() or not threading.main_thread().is_alive():
+                # pool takes no more reads, and this daemon thread has nothing left to do. (The
+                # thread pool's own exit hook runs before the main thread counts as stopped.)
+                if (
+                    self._stopping.is_set()
+                    or not threading.main_thread().is_alive()
+                    or "shutdown" in str(error)  # "cannot schedule new futures after … shutdown"
+                ):
                     return
                 raise
             except DashboardError as error:
