@@ -179,12 +179,14 @@ def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
 
     fingerprint = None
     if operation != "stamp":
-        # The job must run exactly this plan: the runner re-checks it under the lock.
+        # The job must run exactly these steps: the runner re-checks them under the lock. The
+        # terminal shows steps, not SQL, so none is rendered (the page and rollouts render it).
         plan = build_plan(
             project=get_project(),
             environment=environment_named(environment),
             direction=operation,
             target=target,
+            render=False,
         )
         fingerprint = plan.fingerprint
         click.echo(
@@ -199,6 +201,7 @@ def _run_job_from_cli(environment: str, operation: str, target: str) -> None:
         actor_name=_cli_actor(),
         expected_fingerprint=fingerprint,
         submit=False,
+        rendered_plan=False,
     )
     click.echo(f"job #{job.id}: {operation} {environment} to {target}")
     finished = jobs.run_job(job_id=job.id, on_line=click.echo)

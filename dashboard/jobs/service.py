@@ -113,8 +113,13 @@ def request_job(
     expected_fingerprint: str | None = None,
     claim: JobClaim | None = None,
     submit: bool = True,
+    rendered_plan: bool = True,
 ) -> Job:
     """Check the rules, plan, queue the job (one per environment) and audit the request.
+
+    `expected_fingerprint` is the fingerprint of the plan the requester saw: a rendered plan's
+    (the page, a rollout), or with `rendered_plan=False` a steps-only plan's (the CLI, which
+    shows its steps and no SQL, so renders none).
 
     On a protected environment the job must carry a `claim`: an approved rollout for exactly
     this environment, direction, target and plan fingerprint, which the rollout flow
@@ -152,6 +157,7 @@ def request_job(
             direction=operation,
             target=target,
             timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
+            render=rendered_plan,
         )
         if not expected_fingerprint:
             # Nothing would tie the request to a plan someone reviewed: a replayed or duplicated

@@ -62,6 +62,9 @@ class Plan:
     dialect: str  # the environment's database, e.g. "postgresql"
     transactions: str  # ONE_TRANSACTION | TRANSACTION_PER_STEP | NO_TRANSACTION
     warnings: tuple[str, ...] = ()
+    # False for a steps-only plan (the CLI's): no SQL rendered, the fingerprint binds the steps,
+    # their scripts and env.py. Pages, downloads and rollouts always use a rendered plan.
+    rendered: bool = True
 
     @property
     def revision_ids(self) -> list[str]:
@@ -154,8 +157,13 @@ def build_plan(
     target: str,
     current: tuple[str, ...] | None = None,
     timeout: float = 3.0,
+    render: bool = True,
 ) -> Plan:
-    """Resolve the target against the current revision(s) and render each step's SQL."""
+    """Resolve the target against the current revision(s) and render each step's SQL.
+
+    With `render=False` the plan has its steps but no SQL (nothing runs env.py offline): what a
+    CLI run binds to, which shows its steps and no SQL.
+    """
     if direction not in ("upgrade", "downgrade"):
         raise PlanError(f"unknown direction {direction!r}: use upgrade or downgrade")
     if environment.url is None:
@@ -183,6 +191,7 @@ def build_plan(
         direction,
         target,
         alembic_adapter.script_signature(script_location),
+        render,
     )
     with _plan_cache_lock:
         cached = _plan_cache.get(key)
@@ -196,6 +205,7 @@ def build_plan(
         direction=direction,
         target=target,
         current=current,
+        render=render,
     )
     with _plan_cache_lock:
         _plan_cache[key] = plan
@@ -217,6 +227,7 @@ def _make_plan(
     direction: str,
     target: str,
     current: tuple[str, ...],
+    render: bool,
 ) -> Plan:
     assert environment.url is not None
     script_location = project.script_location
@@ -227,29 +238,36 @@ def _make_plan(
         target=target,
         python_path=environment.python_path,
     )
-    rendered = render_in_child(
-        script_location=script_location,
-        url=environment.url,
-        direction=direction,
-        steps=list(zip(resolved.revision_ids, resolved.heads_before, strict=True)),
-        version_table=environment.version_table,
-        version_table_schema=environment.version_table_schema,
-        python_path=environment.python_path,
-        configure_args=environment.configure_options,
-    )
+    if render:
+        rendered = render_in_child(
+            script_location=script_location,
+            url=environment.url,
+            direction=direction,
+            steps=list(zip(resolved.revision_ids, resolved.heads_before, strict=True)),
+            version_table=environment.version_table,
+            version_table_schema=environment.version_table_schema,
+            python_path=environment.python_path,
+            configure_args=environment.configure_options,
+        )
+        assert [output.revision_id for output in rendered] == list(resolved.revision_ids)
+        outputs = [(output.sql, output.unrenderable_reason) for output in rendered]
+    else:
+        outputs = [(None, None)] * len(resolved.revision_ids)
     graph = alembic_adapter.load_graph(script_location, environment.python_path)
     steps = []
-    for revision_id, output in zip(resolved.revision_ids, rendered, strict=True):
+    for revision_id, (sql, unrenderable_reason) in zip(
+        resolved.revision_ids, outputs, strict=True
+    ):
         revision = graph.get(revision_id)
-        assert revision is not None and output.revision_id == revision_id
+        assert revision is not None
         steps.append(
             PlanStep(
                 revision_id=revision_id,
                 message=revision.message,
                 down_revisions=revision.down_revisions,
                 path=revision.path,
-                sql=output.sql,
-                unrenderable_reason=output.unrenderable_reason,
+                sql=sql,
+                unrenderable_reason=unrenderable_reason,
             )
         )
     transactions = run_transactions(environment=environment)
@@ -261,6 +279,7 @@ def _make_plan(
         steps=steps,
         env_py=script_location / "env.py",
         transactions=transactions,
+        rendered=render,
     )
     warnings = plan_warnings(
         steps=[(step.revision_id, step.path) for step in steps],
@@ -279,6 +298,7 @@ def _make_plan(
         dialect=environment.dialect or "",
         transactions=transactions,
         warnings=tuple(warnings),
+        rendered=render,
     )
 
 
@@ -291,6 +311,7 @@ def plan_fingerprint(
     steps: list[PlanStep],
     env_py: Path,
     transactions: str,
+    rendered: bool = True,
 ) -> str:
     """Return the sha256 that binds an approval to exactly this plan."""
     canonical = {
@@ -301,7 +322,12 @@ def plan_fingerprint(
         "revisions": [step.revision_id for step in steps],
         "scripts": [_file_digest(step.path) for step in steps],
         "env_py": _file_digest(env_py),
-        "sql": [step.sql if step.sql is not None else step.unrenderable_reason for step in steps],
+        # A steps-only plan binds no SQL, so never matches a rendered plan's fingerprint.
+        "sql": (
+            [step.sql if step.sql is not None else step.unrenderable_reason for step in steps]
+            if rendered
+            else None
+        ),
         # What a failure undoes is part of what an approver approves.
         "transactions": transactions,
     }
