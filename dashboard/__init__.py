@@ -8,13 +8,13 @@ from typing import Any
 
 from flask import Flask
 
-from dashboard.cli_errors import reports_errors
+from dashboard.cli_errors import reports_startup_errors
 from dashboard.errors import ConfigurationError
 
 STORE_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-@reports_errors  # under `flask …`, a bad environments.yaml is one line, not a traceback
+@reports_startup_errors  # under `flask …`, a bad environments.yaml is one line, no traceback
 def create_app(
     config: str | type | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Flask:

@@ -18,8 +18,7 @@ def reports_errors(function: F) -> F:
     """Under the `flask` command, turn a DashboardError into a ClickException (its message on
     stderr, exit 1) after rolling the store back; elsewhere let it propagate unchanged.
 
-    Every command carries it, and so does `create_app`, which the `flask` command calls while it
-    looks for the command to run: a bad environments.yaml is then one line, not a traceback.
+    Every command carries it; `create_app` carries `reports_startup_errors` instead.
     """
 
     @wraps(function)
@@ -34,4 +33,28 @@ def reports_errors(function: F) -> F:
             raise click.ClickException(str(error)) from error
 
     wrapper.reports_errors = True  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
+
+
+def reports_startup_errors(factory: F) -> F:
+    """Under the `flask` command, print a DashboardError from the app factory (a bad
+    environments.yaml, a bad setting) as its one-line message and exit 1; elsewhere (a WSGI
+    server, a test) let it propagate unchanged.
+
+    The `flask` command calls the factory on several paths, and only exiting here is clean on all
+    of them: a ClickException is shown as a full traceback while `flask --help` lists the commands
+    (Flask spares only its own NoAppException that), and a NoAppException while Flask looks up a
+    command such as `flask dashboard status` is followed by a misleading "No such command".
+    """
+
+    @wraps(factory)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except DashboardError as error:
+            if click.get_current_context(silent=True) is None:
+                raise  # a WSGI server or a test called it: the caller reports the error
+            click.ClickException(str(error)).show()
+            raise SystemExit(1) from error
+
     return wrapper  # type: ignore[return-value]

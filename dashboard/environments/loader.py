@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import heapq
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +63,6 @@ class Environment:
     version_table: str
     version_table_schema: str | None
     python_path: tuple[Path, ...]
-    line: int
     # Seconds a migration statement may wait for a table lock / run, where the database has it.
     lock_timeout: float | None = None
     statement_timeout: float | None = None
@@ -154,7 +155,7 @@ class _Reader:
             entries[name] = (key_node, value_node)
         return entries
 
-    def scalar(self, node: yaml.Node, key: str, kind: type, what: str) -> Any:
+    def scalar(self, node: yaml.Node, key: str, kind: type | tuple[type, ...], what: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, key, f"expected {what}")
         value = self.constructor.construct_object(node)
@@ -181,6 +182,48 @@ class _Reader:
             folder = self.path.parent / self.text(item, f"{key}[{index}]")
             folders.append(folder.resolve())
         return tuple(folders)
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """One mapping's checked keys, read with messages that name `where.key`."""
+
+    reader: _Reader
+    where: str
+    nodes: dict[str, tuple[yaml.Node, yaml.Node]]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.nodes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.nodes)
+
+    def node(self, key: str) -> yaml.Node:
+        return self.nodes[key][1]
+
+    def key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str) -> ConfigurationError:
+        return self.reader.fail(self.node(key), self.key(key), problem)
+
+    def scalar(self, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        return self.reader.scalar(self.node(key), self.key(key), kind, what)
+
+    def text(self, key: str) -> str | None:
+        """Return the key's non-empty text, or None when the key is absent."""
+        return self.reader.text(self.node(key), self.key(key)) if key in self else None
+
+    def flag(self, key: str, *, default: bool) -> bool:
+        return self.scalar(key, bool, "true or false") if key in self else default
+
+    def folders(self, key: str) -> tuple[Path, ...]:
+        return self.reader.folders(self.node(key), self.key(key)) if key in self else ()
+
+    def section(self, key: str, allowed: set[str]) -> _Entries:
+        """Return the nested mapping at `key`, its keys checked against `allowed`."""
+        where = self.key(key)
+        return _Entries(self.reader, where, self.reader.mapping(self.node(key), where, allowed))
 
 
 def interpolate(value: str, environ: Mapping[str, str]) -> tuple[str | None, list[str]]:
@@ -215,14 +258,49 @@ def resolve_url(raw: str, base: Path) -> URL:
 def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Project:
     """Read and validate environments.yaml; raise ConfigurationError naming file, line and key."""
     source = Path(path).resolve()
-    environ = os.environ if environ is None else environ
+    reader = _Reader(source)
+    root = _compose(source)
+    top = _Entries(reader, "", reader.mapping(root, "", PROJECT_KEYS))
+    for required in ("migrations", "environments"):
+        if required not in top:
+            raise reader.fail(root, required, "this key is required")
+
+    name = top.text("project") or source.parent.name
+    script_location = _read_script_location(top)
+    defaults = _Defaults(
+        version_table=top.text("version_table") or "alembic_version",
+        version_table_schema=top.text("version_table_schema"),
+        python_path=top.folders("python_path"),
+    )
+    environments, after_nodes = _read_environments(
+        reader, top.node("environments"), defaults, os.environ if environ is None else environ
+    )
+    return Project(
+        name=name,
+        source=source,
+        script_location=script_location,
+        environments=tuple(_promotion_order(reader, environments, after_nodes)),
+        python_path=defaults.python_path,
+    )
+
+
+@dataclass(frozen=True)
+class _Defaults:
+    """The project-wide values an environment inherits unless it sets its own."""
+
+    version_table: str
+    version_table_schema: str | None
+    python_path: tuple[Path, ...]
+
+
+def _compose(source: Path) -> yaml.Node:
+    """Parse the file into YAML nodes, which keep the line of every key and value."""
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigurationError(
             f"cannot read the environments file {source}: {error.strerror}"
         ) from error
-    reader = _Reader(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as error:
@@ -234,164 +312,115 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
         ) from error
     if root is None:
         raise ConfigurationError(f"{source}, line 1: the file is empty")
+    return root
 
-    top = reader.mapping(root, "", PROJECT_KEYS)
-    for required in ("migrations", "environments"):
-        if required not in top:
-            raise reader.fail(root, required, "this key is required")
 
-    name = reader.text(top["project"][1], "project") if "project" in top else source.parent.name
-    migrations_node = top["migrations"][1]
-    script_location = (source.parent / reader.text(migrations_node, "migrations")).resolve()
+def _read_script_location(top: _Entries) -> Path:
+    """Return the `migrations:` folder, which must be an Alembic script directory."""
+    node = top.node("migrations")
+    script_location = (top.reader.path.parent / top.reader.text(node, "migrations")).resolve()
     if not (script_location / "env.py").is_file():
-        raise reader.fail(
-            migrations_node,
-            "migrations",
-            f"{script_location} is not an Alembic script directory (it has no env.py)",
+        raise top.fail(
+            "migrations", f"{script_location} is not an Alembic script directory (it has no env.py)"
         )
-    project_version_table = (
-        reader.text(top["version_table"][1], "version_table")
-        if "version_table" in top
-        else "alembic_version"
-    )
-    project_schema = (
-        reader.text(top["version_table_schema"][1], "version_table_schema")
-        if "version_table_schema" in top
-        else None
-    )
-    project_python_path = (
-        reader.folders(top["python_path"][1], "python_path") if "python_path" in top else ()
-    )
+    return script_location
 
-    environments_node = top["environments"][1]
-    if not isinstance(environments_node, yaml.SequenceNode) or not environments_node.value:
-        raise reader.fail(environments_node, "environments", "expected a list of environments")
 
+def _read_environments(
+    reader: _Reader, node: yaml.Node, defaults: _Defaults, environ: Mapping[str, str]
+) -> tuple[list[Environment], dict[str, yaml.Node]]:
+    """Read the `environments:` list in file order, with each `after:` node for later messages."""
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise reader.fail(node, "environments", "expected a list of environments")
     environments: list[Environment] = []
     after_nodes: dict[str, yaml.Node] = {}
-    for index, node in enumerate(environments_node.value):
-        where = f"environments[{index}]"
-        peeked = _peek_name(node)
-        entries = reader.mapping(node, f"{where} ({peeked})" if peeked else where, ENVIRONMENT_KEYS)
-        for required in ("name", "url"):
-            if required not in entries:
-                raise reader.fail(node, f"{where}.{required}", "this key is required")
-        name_node = entries["name"][1]
-        env_name = str(reader.scalar(name_node, f"{where}.name", (str, int), "a name"))
-        if not NAME_PATTERN.match(env_name):
-            raise reader.fail(
-                name_node,
-                f"{where}.name",
-                "use letters, digits, '.', '_' or '-' (at most 63 characters)",
-            )
-        if any(existing.name == env_name for existing in environments):
-            raise reader.fail(name_node, f"{where}.name", f"'{env_name}' is already defined")
-        where = f"environments[{index}] ({env_name})"
-
-        url, reason = _read_url(reader, entries["url"][1], f"{where}.url", environ)
-        shadow_url = None
-        if "shadow_url" in entries:
-            shadow_url, _ = _read_url(
-                reader, entries["shadow_url"][1], f"{where}.shadow_url", environ
-            )
-
-        after = None
+    for index, item in enumerate(node.value):
+        taken = {environment.name for environment in environments}
+        name, entries = _environment_entries(reader, item, index, taken)
+        environments.append(_read_environment(name, entries, defaults, environ))
         if "after" in entries:
-            after = str(reader.scalar(entries["after"][1], f"{where}.after", (str, int), "a name"))
-            after_nodes[env_name] = entries["after"][1]
-        protected = (
-            reader.scalar(entries["protected"][1], f"{where}.protected", bool, "true or false")
-            if "protected" in entries
-            else False
-        )
-        approvals = 1 if protected else 0
-        if "approvals" in entries:
-            approvals = reader.scalar(
-                entries["approvals"][1], f"{where}.approvals", int, "a whole number"
-            )
-            if approvals < 0:
-                raise reader.fail(
-                    entries["approvals"][1], f"{where}.approvals", "must be 0 or more"
-                )
-            if protected and approvals < 1:
-                raise reader.fail(
-                    entries["approvals"][1],
-                    f"{where}.approvals",
-                    "a protected environment needs at least 1 approval",
-                )
-        allow_downgrade = (
-            reader.scalar(
-                entries["allow_downgrade"][1], f"{where}.allow_downgrade", bool, "true or false"
-            )
-            if "allow_downgrade" in entries
-            else True
-        )
-        version_table = (
-            reader.text(entries["version_table"][1], f"{where}.version_table")
-            if "version_table" in entries
-            else project_version_table
-        )
-        version_table_schema = (
-            reader.text(entries["version_table_schema"][1], f"{where}.version_table_schema")
-            if "version_table_schema" in entries
-            else project_schema
-        )
-        python_path = project_python_path + (
-            reader.folders(entries["python_path"][1], f"{where}.python_path")
-            if "python_path" in entries
-            else ()
-        )
-        timeouts: dict[str, float | None] = {}
-        for key in ("lock_timeout", "statement_timeout"):
-            timeouts[key] = None
-            if key in entries:
-                value = reader.scalar(entries[key][1], f"{where}.{key}", (int, float), "seconds")
-                if isinstance(value, bool) or value <= 0:
-                    raise reader.fail(entries[key][1], f"{where}.{key}", "expected seconds > 0")
-                timeouts[key] = float(value)
-        configure_args: tuple[tuple[str, bool], ...] = ()
-        if "configure_args" in entries:
-            options = reader.mapping(
-                entries["configure_args"][1], f"{where}.configure_args", CONFIGURE_ARGS
-            )
-            configure_args = tuple(
-                sorted(
-                    (
-                        option,
-                        reader.scalar(
-                            value, f"{where}.configure_args.{option}", bool, "true or false"
-                        ),
-                    )
-                    for option, (_, value) in options.items()
-                )
-            )
-        environments.append(
-            Environment(
-                name=env_name,
-                url=url,
-                not_configured_reason=reason,
-                after=after,
-                protected=protected,
-                approvals=approvals,
-                allow_downgrade=allow_downgrade,
-                shadow_url=shadow_url,
-                version_table=version_table,
-                version_table_schema=version_table_schema,
-                python_path=python_path,
-                line=node.start_mark.line + 1,
-                configure_args=configure_args,
-                **timeouts,
-            )
-        )
+            after_nodes[name] = entries.node("after")
+    return environments, after_nodes
 
-    ordered = _promotion_order(reader, environments, after_nodes)
-    return Project(
+
+def _environment_entries(
+    reader: _Reader, node: yaml.Node, index: int, taken: set[str]
+) -> tuple[str, _Entries]:
+    """Check one list item's keys and its name; return the name and its keys."""
+    where = f"environments[{index}]"
+    peeked = _peek_name(node)
+    nodes = reader.mapping(node, f"{where} ({peeked})" if peeked else where, ENVIRONMENT_KEYS)
+    for required in ("name", "url"):
+        if required not in nodes:
+            raise reader.fail(node, f"{where}.{required}", "this key is required")
+    name_node = nodes["name"][1]
+    name = str(reader.scalar(name_node, f"{where}.name", (str, int), "a name"))
+    if not NAME_PATTERN.match(name):
+        raise reader.fail(
+            name_node,
+            f"{where}.name",
+            "use letters, digits, '.', '_' or '-' (at most 63 characters)",
+        )
+    if name in taken:
+        raise reader.fail(name_node, f"{where}.name", f"'{name}' is already defined")
+    return name, _Entries(reader, f"{where} ({name})", nodes)
+
+
+def _read_environment(
+    name: str, entries: _Entries, defaults: _Defaults, environ: Mapping[str, str]
+) -> Environment:
+    """Build one Environment from its checked keys (keyword order is the order of messages)."""
+    url, reason = _read_url(entries, "url", environ)
+    shadow_url = _read_url(entries, "shadow_url", environ)[0] if "shadow_url" in entries else None
+    after = str(entries.scalar("after", (str, int), "a name")) if "after" in entries else None
+    protected, approvals = _read_approvals(entries)
+    return Environment(
         name=name,
-        source=source,
-        script_location=script_location,
-        environments=tuple(ordered),
-        python_path=project_python_path,
+        url=url,
+        not_configured_reason=reason,
+        after=after,
+        protected=protected,
+        approvals=approvals,
+        allow_downgrade=entries.flag("allow_downgrade", default=True),
+        shadow_url=shadow_url,
+        version_table=entries.text("version_table") or defaults.version_table,
+        version_table_schema=entries.text("version_table_schema") or defaults.version_table_schema,
+        python_path=defaults.python_path + entries.folders("python_path"),
+        lock_timeout=_read_seconds(entries, "lock_timeout"),
+        statement_timeout=_read_seconds(entries, "statement_timeout"),
+        configure_args=_read_configure_args(entries),
     )
+
+
+def _read_approvals(entries: _Entries) -> tuple[bool, int]:
+    """Return `protected` and `approvals`; a protected environment needs at least one approval."""
+    protected = entries.flag("protected", default=False)
+    if "approvals" not in entries:
+        return protected, (1 if protected else 0)
+    approvals = entries.scalar("approvals", int, "a whole number")
+    if approvals < 0:
+        raise entries.fail("approvals", "must be 0 or more")
+    if protected and approvals < 1:
+        raise entries.fail("approvals", "a protected environment needs at least 1 approval")
+    return protected, approvals
+
+
+def _read_seconds(entries: _Entries, key: str) -> float | None:
+    """Return a timeout in seconds (> 0), or None when it is not set."""
+    if key not in entries:
+        return None
+    value = entries.scalar(key, (int, float), "seconds")
+    if isinstance(value, bool) or value <= 0:
+        raise entries.fail(key, "expected seconds > 0")
+    return float(value)
+
+
+def _read_configure_args(entries: _Entries) -> tuple[tuple[str, bool], ...]:
+    """Return the `configure_args:` as sorted (option, true/false) pairs."""
+    if "configure_args" not in entries:
+        return ()
+    options = entries.section("configure_args", CONFIGURE_ARGS)
+    return tuple(sorted((option, options.flag(option, default=False)) for option in options))
 
 
 def _peek_name(node: yaml.Node) -> str | None:
@@ -404,20 +433,22 @@ def _peek_name(node: yaml.Node) -> str | None:
 
 
 def _read_url(
-    reader: _Reader, node: yaml.Node, key: str, environ: Mapping[str, str]
+    entries: _Entries, key: str, environ: Mapping[str, str]
 ) -> tuple[URL | None, str | None]:
-    raw = reader.text(node, key)
+    """Return the URL at `key`, or None and why when a ${VAR} in it is not set."""
+    node, where = entries.node(key), entries.key(key)
+    raw = entries.reader.text(node, where)
     value, missing = interpolate(raw, environ)
     if value is None:
         names = ", ".join(missing)
         plural = "s" if len(missing) > 1 else ""
         return None, f"environment variable{plural} {names} not set"
     try:
-        return resolve_url(value, reader.path.parent), None
+        return resolve_url(value, entries.reader.path.parent), None
     except ArgumentError as error:
         # The value may hold a password: describe it, never echo it.
-        raise reader.fail(
-            node, key, "is not a database URL (expected dialect+driver://user@host/database)"
+        raise entries.fail(
+            key, "is not a database URL (expected dialect+driver://user@host/database)"
         ) from error
 
 
@@ -425,7 +456,35 @@ def _promotion_order(
     reader: _Reader, environments: list[Environment], after_nodes: dict[str, yaml.Node]
 ) -> list[Environment]:
     """Order environments so each comes after the one it names; file order breaks ties."""
+    _check_after_names(reader, environments, after_nodes)
     by_name = {environment.name: environment for environment in environments}
+    position = {environment.name: index for index, environment in enumerate(environments)}
+    sorter = TopologicalSorter(
+        {
+            environment.name: [environment.after] if environment.after else []
+            for environment in environments
+        }
+    )
+    try:
+        sorter.prepare()
+    except CycleError as error:
+        raise _cycle_error(reader, by_name, position, after_nodes, error.args[1]) from error
+    ordered: list[Environment] = []
+    ready: list[tuple[int, str]] = []
+    while sorter.is_active():
+        for name in sorter.get_ready():
+            heapq.heappush(ready, (position[name], name))
+        _, name = heapq.heappop(ready)  # of those free to go next, the first in the file
+        ordered.append(by_name[name])
+        sorter.done(name)
+    return ordered
+
+
+def _check_after_names(
+    reader: _Reader, environments: list[Environment], after_nodes: dict[str, yaml.Node]
+) -> None:
+    """Refuse an `after:` that names its own environment or no environment at all."""
+    names = [environment.name for environment in environments]
     for environment in environments:
         if environment.after is None:
             continue
@@ -433,32 +492,26 @@ def _promotion_order(
         key = f"environments ({environment.name}).after"
         if environment.after == environment.name:
             raise reader.fail(node, key, "an environment cannot come after itself")
-        if environment.after not in by_name:
-            close = difflib.get_close_matches(environment.after, list(by_name), n=1)
+        if environment.after not in names:
+            close = difflib.get_close_matches(environment.after, names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise reader.fail(node, key, f"no environment is named '{environment.after}'{hint}")
-    for environment in environments:
-        seen = [environment.name]
-        current = environment
-        while current.after is not None:
-            current = by_name[current.after]
-            if current.name in seen:
-                cycle = " -> ".join([*seen[seen.index(current.name) :], current.name])
-                raise reader.fail(
-                    after_nodes[environment.name],
-                    f"environments ({environment.name}).after",
-                    f"promotion order has a cycle: {cycle}",
-                )
-            seen.append(current.name)
 
-    ordered: list[Environment] = []
-    placed: set[str] = set()
-    while len(ordered) < len(environments):
-        for environment in environments:
-            if environment.name not in placed and (
-                environment.after is None or environment.after in placed
-            ):
-                ordered.append(environment)
-                placed.add(environment.name)
-                break
-    return ordered
+
+def _cycle_error(
+    reader: _Reader,
+    by_name: dict[str, Environment],
+    position: dict[str, int],
+    after_nodes: dict[str, yaml.Node],
+    cycle: list[str],
+) -> ConfigurationError:
+    """Name a promotion cycle from its first environment in the file, following `after:`."""
+    start = min(cycle, key=position.__getitem__)
+    names = [start]
+    while (after := by_name[names[-1]].after) != start:
+        names.append(after)
+    return reader.fail(
+        after_nodes[start],
+        f"environments ({start}).after",
+        f"promotion order has a cycle: {' -> '.join([*names, start])}",
+    )

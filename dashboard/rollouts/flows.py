@@ -15,10 +15,11 @@ from dashboard.users.models import User
 def rollout_claim(rollout_id: int) -> jobs.JobClaim:
     """The claim a job makes on the approved rollout it runs, in the job's own transaction."""
 
+    # jobs.request_job calls this with `environment=` holding the environment's name.
     def take(*, environment: str, operation: str, target: str, fingerprint: str | None):
         return rollouts.claim_for_job(
             rollout_id=rollout_id,
-            environment=environment,
+            environment_name=environment,
             operation=operation,
             target=target,
             fingerprint=fingerprint,
@@ -34,7 +35,7 @@ def execute_rollout(*, rollout_id: int, actor: User | None, submit: bool = True)
     """Re-plan; run the approved plan as a job if it is unchanged, else mark the rollout stale."""
     frozen = rollouts.prepare_execution(rollout_id=rollout_id, actor=actor)
     return jobs.request_job(
-        environment_name=frozen["environment"],
+        environment_name=frozen["environment_name"],
         operation=frozen["direction"],
         target=frozen["target"],
         actor=actor,

@@ -161,7 +161,7 @@ def pending_counts() -> dict[str, int]:
         .where(_in_current_state(RolloutState.PENDING.value))
         .group_by(Rollout.environment)
     )
-    return {environment: count for environment, count in rows}
+    return {environment_name: count for environment_name, count in rows}
 
 
 def pending_count(*, environment: str | None = None) -> int:
@@ -251,12 +251,8 @@ def _refuse(error: RolloutRefused) -> RolloutRefused:
 # --- the promotion gate ---------------------------------------------------------------------
 
 
-def promotion_gate(
-    *, environment: Environment | str, target_revisions: Iterable[str]
-) -> str | None:
+def promotion_gate(*, environment: Environment, target_revisions: Iterable[str]) -> str | None:
     """Return why promotion order forbids these targets here, or None when it allows them."""
-    if isinstance(environment, str):
-        environment = environment_named(environment)
     targets = [revision for revision in target_revisions if revision != "base"]
     if not environment.after or not targets:
         return None
@@ -318,18 +314,7 @@ def request_rollout(
     """
     actor = _signed_in(actor, "request a rollout")
     environment = environment_named(environment_name)
-    if not actor.has_role(Role.OPERATOR):
-        raise RolloutForbidden("Requesting a rollout needs the operator role or higher.")
-    if not environment.protected:
-        raise RolloutRefused(
-            f"{environment.name} is not protected: it takes no rollouts, run it directly."
-        )
-    if direction not in ("upgrade", "downgrade"):
-        raise RolloutRefused(f"“{direction}” is not a direction; use upgrade or downgrade.")
-    if direction == "downgrade" and not environment.allow_downgrade:
-        raise RolloutRefused(
-            f"{environment.name} does not allow downgrades (allow_downgrade: false)."
-        )
+    _check_requestable(environment=environment, direction=direction, actor=actor)
     reason = (reason or "").strip()
     if not reason:
         raise RolloutRefused("Say why: a rollout needs a reason.")
@@ -348,29 +333,76 @@ def request_rollout(
     )
     if plan.is_empty:
         raise RolloutRefused(f"Nothing to do: {environment.name} is already at {target}.")
-    # Freeze "head" (or "+1") as the revision it means now, so later scripts change nothing.
-    target_revision = plan.alembic_target
-    gate = None
-    if direction == "upgrade":
-        # The revisions the plan ends at ("heads" may be several), not the word typed.
-        reached = [
-            step.revision_id
-            for step in plan.steps
-            if not any(step.revision_id in later.down_revisions for later in plan.steps)
-        ]
-        gate = promotion_gate(environment=environment, target_revisions=reached)
+    gate = _gate_refusal(environment=environment, plan=plan)
     if gate and not justification:
         raise RolloutRefused(
             f"{gate} (An admin may override the promotion gate with a written justification.)"
         )
 
+    rollout = _new_rollout(
+        environment=environment,
+        plan=plan,
+        reason=reason,
+        ticket_url=ticket_url,
+        actor=actor,
+        gate=gate,
+        justification=justification,
+    )
+    db.session.add(rollout)
+    db.session.flush()
+    _audit_request(rollout=rollout, plan=plan, actor=actor)
+    db.session.commit()
+    return rollout
+
+
+def _check_requestable(*, environment: Environment, direction: str, actor: User) -> None:
+    """Refuse a request the actor's role, the environment or the direction does not allow."""
+    if not actor.has_role(Role.OPERATOR):
+        raise RolloutForbidden("Requesting a rollout needs the operator role or higher.")
+    if not environment.protected:
+        raise RolloutRefused(
+            f"{environment.name} is not protected: it takes no rollouts, run it directly."
+        )
+    if direction not in ("upgrade", "downgrade"):
+        raise RolloutRefused(f"“{direction}” is not a direction; use upgrade or downgrade.")
+    if direction == "downgrade" and not environment.allow_downgrade:
+        raise RolloutRefused(
+            f"{environment.name} does not allow downgrades (allow_downgrade: false)."
+        )
+
+
+def _gate_refusal(*, environment: Environment, plan: Plan) -> str | None:
+    """Return why the promotion gate refuses an upgrade plan, or None (always for downgrades)."""
+    if plan.direction != "upgrade":
+        return None
+    # The revisions the plan ends at ("heads" may be several), not the word typed.
+    reached = [
+        step.revision_id
+        for step in plan.steps
+        if not any(step.revision_id in later.down_revisions for later in plan.steps)
+    ]
+    return promotion_gate(environment=environment, target_revisions=reached)
+
+
+def _new_rollout(
+    *,
+    environment: Environment,
+    plan: Plan,
+    reason: str,
+    ticket_url: str | None,
+    actor: User,
+    gate: str | None,
+    justification: str | None,
+) -> Rollout:
+    """Return a pending rollout that freezes `plan`, with the gate override if one was needed."""
     lifetime = _lifetime()
     now = utcnow()
-    rollout = Rollout(
+    return Rollout(
         environment=environment.name,
-        direction=direction,
-        requested_target=target,
-        target_revision=target_revision,
+        direction=plan.direction,
+        requested_target=plan.requested_target,
+        # "head" (or "+1") frozen as the revision it means now, so later scripts change nothing.
+        target_revision=plan.alembic_target,
         from_revisions=list(plan.from_revisions),
         revision_ids=plan.revision_ids,
         plan=_frozen_plan(plan),
@@ -387,32 +419,35 @@ def request_rollout(
         created_at=now,
         expires_at=now + lifetime if lifetime else None,
     )
-    db.session.add(rollout)
-    db.session.flush()
+
+
+def _audit_request(*, rollout: Rollout, plan: Plan, actor: User) -> None:
+    """Audit the request and, when the actor overrode the promotion gate, the override."""
     audit.record(
         action="rollout.requested",
         actor=actor,
-        environment=environment.name,
+        environment=rollout.environment,
         details=_details(
             rollout,
             revisions=rollout.revision_ids,
-            reason=reason,
-            ticket_url=ticket_url,
+            reason=rollout.reason,
+            ticket_url=rollout.ticket_url,
             approvals_required=rollout.approvals_required,
             warnings=list(plan.warnings),
         ),
     )
-    if gate:
+    if rollout.gate_refusal:
         audit.record(
             action="rollout.override",
             actor=actor,
-            environment=environment.name,
+            environment=rollout.environment,
             details=_details(
-                rollout, rule="promotion gate", gate=gate, justification=justification
+                rollout,
+                rule="promotion gate",
+                gate=rollout.gate_refusal,
+                justification=rollout.override_justification,
             ),
         )
-    db.session.commit()
-    return rollout
 
 
 # --- deciding -------------------------------------------------------------------------------
@@ -540,7 +575,7 @@ def prepare_execution(*, rollout_id: int, actor: User | None) -> dict[str, Any]:
     _refuse_if_expired(rollout)
     _check_executable(rollout)
     frozen = {
-        "environment": rollout.environment,
+        "environment_name": rollout.environment,
         "direction": rollout.direction,
         "target": rollout.target_revision,
         "from": list(rollout.from_revisions or []),
@@ -551,7 +586,7 @@ def prepare_execution(*, rollout_id: int, actor: User | None) -> dict[str, Any]:
     # Let go of the store while planning against the target (SQLite: the write lock).
     db.session.commit()
 
-    environment = environment_named(frozen["environment"])
+    environment = environment_named(frozen["environment_name"])
     try:
         plan = build_plan(
             project=get_project(),
@@ -641,14 +676,19 @@ def _mark_stale(rollout_id: int, reason: str, actor: User) -> None:
 
 
 def claim_for_job(
-    *, rollout_id: int, environment: str, operation: str, target: str, fingerprint: str | None
+    *,
+    rollout_id: int,
+    environment_name: str,
+    operation: str,
+    target: str,
+    fingerprint: str | None,
 ) -> Rollout:
     """Lock the approved rollout a job is about to run, or raise JobRefused; caller commits."""
     rollout = db.session.get(Rollout, rollout_id, with_for_update=True, populate_existing=True)
     problem = None
     if rollout is None:
         problem = f"there is no rollout #{rollout_id}"
-    elif rollout.environment != environment or rollout.direction != operation:
+    elif rollout.environment != environment_name or rollout.direction != operation:
         problem = f"rollout #{rollout.id} is for a {rollout.direction} of {rollout.environment}"
     elif rollout.state != RolloutState.APPROVED:
         problem = f"rollout #{rollout.id} is {rollout.state}, not approved"
@@ -660,7 +700,7 @@ def claim_for_job(
         problem = f"rollout #{rollout.id} was approved for a different plan"
     if problem:
         db.session.rollback()
-        raise JobRefused(f"{environment} is protected and {problem}: this job cannot run.")
+        raise JobRefused(f"{environment_name} is protected and {problem}: this job cannot run.")
     return rollout
 
 
