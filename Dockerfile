@@ -36,6 +36,9 @@ ENV FLASK_APP=dashboard \
     DASHBOARD_CONFIG=production \
     PORT=8000
 
+# The instance folder holds the audit anchor file (and a SQLite store, if one is used): keep it.
+VOLUME ["/app/instance"]
+
 USER 10001:10001
 
 EXPOSE 8000

@@ -41,6 +41,12 @@ class Config:
     ROLLOUT_LIFETIME_HOURS = _float("DASHBOARD_ROLLOUT_LIFETIME_HOURS", 72.0)
     # Supervising threads in each web process.
     JOB_WORKERS = 4
+    # An append-only file that gets every committed audit head (SEQ:HASH), which
+    # `flask dashboard audit verify` checks: deleting the newest events and their checkpoints
+    # is still found. Unset: audit-anchors.log in the instance folder; empty: off.
+    AUDIT_ANCHOR_FILE = os.environ.get("DASHBOARD_AUDIT_ANCHOR_FILE")
+    # Also print every committed audit head on stderr (the process log); the image does.
+    AUDIT_LOG_HEADS = os.environ.get("DASHBOARD_AUDIT_LOG_HEADS", "") not in ("", "0", "false")
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     REQUIRE_REAL_SECRET_KEY = False
@@ -53,11 +59,14 @@ class DevelopmentConfig(Config):
 class TestingConfig(Config):
     TESTING = True
     SECRET_KEY = "testing-secret-key"
+    # Tests that check anchoring give each app its own file; the rest anchor nowhere.
+    AUDIT_ANCHOR_FILE = os.environ.get("DASHBOARD_AUDIT_ANCHOR_FILE", "")
 
 
 class ProductionConfig(Config):
     SESSION_COOKIE_SECURE = True
     REQUIRE_REAL_SECRET_KEY = True
+    AUDIT_LOG_HEADS = os.environ.get("DASHBOARD_AUDIT_LOG_HEADS", "1") not in ("", "0", "false")
 
 
 CONFIGS: dict[str, type[Config]] = {

@@ -77,5 +77,9 @@ def _reset_store() -> Iterator[str]:
         store = Path(uri.removeprefix("sqlite:///"))
         store.parent.mkdir(parents=True, exist_ok=True)
         store.unlink(missing_ok=True)
+        # The new store starts a new audit log: the old one's anchored heads no longer apply.
+        anchors = current_app.config.get("AUDIT_ANCHOR_FILE")
+        if anchors:
+            Path(anchors).unlink(missing_ok=True)
     flask_migrate.upgrade(directory=current_app.extensions["migrate"].directory)
     yield "dashboard store: created and upgraded"

@@ -20,18 +20,37 @@ audit_cli = AppGroup("audit", help="The audit log: verify its hash chain, export
     metavar="SEQ:HASH",
     help="A head noted outside the store (the dashboard.audit log) that must still be there.",
 )
+@click.option(
+    "--anchors",
+    "anchor_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The anchor file to check against (default: AUDIT_ANCHOR_FILE).",
+)
+@click.option("--no-anchors", is_flag=True, help="Do not check against an anchor file.")
 @reports_errors
-def verify_command(expect_head: str | None) -> None:
-    """Check every event's hash and link, and the signed checkpoints; exit 1 on a problem."""
+def verify_command(expect_head: str | None, anchor_path: Path | None, no_anchors: bool) -> None:
+    """Check every event's hash and link, the signed checkpoints and the anchored heads; exit 1
+    on a problem."""
     try:
         expected = audit.parse_head(expect_head) if expect_head else None
     except audit.InvalidAuditFilter as error:
         raise click.BadParameter(str(error), param_hint="--expect-head") from error
-    result = audit.verify(expect_head=expected)
+    path = None if no_anchors else (anchor_path or audit.anchor_file())
+    anchors = audit.read_anchors(path) if path is not None else None
+    result = audit.verify(expect_head=expected, anchors=anchors)
     if not result.ok:
         raise click.ClickException(f"audit log damaged: {result.problem}")
     click.echo(f"audit log intact: {result.checked} events")
-    if result.head:
+    if anchors is None:
+        click.echo("not checked against an anchor file (AUDIT_ANCHOR_FILE is off)")
+    elif anchors.newest is None:
+        click.echo(f"no anchored head yet in {anchors.path}")
+    else:
+        click.echo(
+            f"checked against {len(anchors.heads)} anchored heads in {anchors.path} "
+            f"(newest seq {anchors.newest})"
+        )
+    if result.head:  # last: the line to note elsewhere
         click.echo(f"head {result.head[0]}:{result.head[1]}")
 
 

@@ -2,9 +2,11 @@
 
 Every event is hashed over the previous event's hash and a canonical encoding of the event as
 the store hands it back, and numbered under one writers' lock so the chain never forks. Each
-write also adds an HMAC-signed checkpoint of the new head (the key is never in the store) and
-logs the head to the `dashboard.audit` logger once committed, an outside copy that
-`verify(expect_head=…)` can check against. No code path updates or deletes an event.
+write also adds an HMAC-signed checkpoint of the new head (the key is never in the store) and,
+once committed, copies the head where the store's owner cannot rewrite it from the database
+alone: one line appended to the anchor file (`AUDIT_ANCHOR_FILE`) and one to the `dashboard.audit`
+logger. `verify` checks the anchors, so deleting the newest events together with their
+checkpoints is still found. No code path updates or deletes an event.
 
 On SQLite, every transaction of the store begins with BEGIN IMMEDIATE (see `init_app`), so a
 request holds the store's write lock from its first query until it commits or rolls back.
@@ -20,20 +22,23 @@ import hmac
 import io
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import Flask, current_app, has_request_context, request
+from flask import Flask, current_app, has_app_context, has_request_context, request
 from flask_sqlalchemy.pagination import Pagination
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dashboard.audit.models import AuditCheckpoint, AuditEvent
+from dashboard.errors import ConfigurationError
 from dashboard.extensions import db
 
 if TYPE_CHECKING:
@@ -319,10 +324,84 @@ def _sign(seq: int, head_hash: str) -> str:
 
 
 def log_committed_checkpoints(session: Session) -> None:
-    """Log each checkpoint this session committed: a copy of the head outside the store."""
-    for checkpoint, seq, head_hash in session.info.pop(_UNLOGGED, []):
-        if sa.inspect(checkpoint).persistent:
-            logger.info("audit head %d:%s (signed checkpoint)", seq, head_hash)
+    """Copy each head this session committed outside the store: the anchor file and the log."""
+    heads = [
+        (seq, head_hash)
+        for checkpoint, seq, head_hash in session.info.pop(_UNLOGGED, [])
+        if sa.inspect(checkpoint).persistent
+    ]
+    if not heads:
+        return
+    for seq, head_hash in heads:
+        logger.info("audit head %d:%s (signed checkpoint)", seq, head_hash)
+    path = anchor_file()
+    if path is not None:
+        anchor_heads(path, heads)
+
+
+def anchor_file() -> Path | None:
+    """The configured anchor file (AUDIT_ANCHOR_FILE), or None when anchoring is off."""
+    if not has_app_context():
+        return None
+    configured = current_app.config.get("AUDIT_ANCHOR_FILE")
+    return Path(configured) if configured else None
+
+
+def anchor_heads(path: Path, heads: Iterable[tuple[int, str]]) -> None:
+    """Append one `SEQ:HASH TIME` line per head to the anchor file (appends only, never rewrites).
+
+    Each line is one write to a file opened with O_APPEND, so processes sharing the file never
+    interleave within a line. The events are committed already: a failure to anchor is logged,
+    never raised.
+    """
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            for seq, head_hash in heads:
+                os.write(descriptor, f"{seq}:{head_hash} {now}\n".encode("ascii"))
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        logger.error("cannot append the audit head to the anchor file %s: %s", path, error)
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """The heads an anchor file holds: seq -> hash, and the file they came from."""
+
+    path: Path
+    heads: dict[int, str]
+
+    @property
+    def newest(self) -> int | None:
+        return max(self.heads) if self.heads else None
+
+
+def read_anchors(path: Path) -> Anchors:
+    """Read an anchor file; a line that is not `SEQ:HASH …` is an error naming file and line."""
+    heads: dict[int, str] = {}
+    try:
+        with path.open(encoding="ascii", errors="replace") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    seq, head_hash = parse_head(line.split()[0])
+                except InvalidAuditFilter as error:
+                    raise ConfigurationError(f"{path}, line {number}: {error}") from None
+                if heads.get(seq, head_hash) != head_hash:
+                    raise ConfigurationError(
+                        f"{path}, line {number}: seq {seq} is anchored twice with different "
+                        "hashes: two audit logs share this anchor file"
+                    )
+                heads[seq] = head_hash
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise ConfigurationError(f"cannot read the audit anchor file {path}: {error}") from error
+    return Anchors(path=path, heads=heads)
 
 
 def forget_unlogged_checkpoints(session: Session, transaction: Any) -> None:
@@ -356,8 +435,10 @@ def use_immediate_transactions(engine: sa.Engine, *, busy_timeout: float) -> Non
 # --- verifying ------------------------------------------------------------------------------
 
 
-def verify(*, expect_head: tuple[int, str] | None = None) -> VerifyResult:
-    """Check the chain, its checkpoints and (optionally) a head noted outside the store."""
+def verify(
+    *, expect_head: tuple[int, str] | None = None, anchors: Anchors | None = None
+) -> VerifyResult:
+    """Check the chain, its checkpoints, the anchored heads and a head noted outside the store."""
     session = db.session()
     # Hold writers off so that the events and checkpoints read below agree with each other.
     _lock_writers(session)
@@ -372,11 +453,28 @@ def verify(*, expect_head: tuple[int, str] | None = None) -> VerifyResult:
                 return VerifyResult(False, checked, problem[1], problem[0])
             if expect_head and row.seq == expect_head[0]:
                 expected_hash = row.hash
+            anchored = anchors.heads.get(row.seq) if anchors is not None else None
+            if anchored is not None and anchored != row.hash:
+                return VerifyResult(
+                    False,
+                    checked,
+                    f"event seq {row.seq} (id {row.id}) differs from its anchor in "
+                    f"{anchors.path}: the chain was rewritten from there on",
+                    row.seq,
+                )
             previous = row
             checked += 1
     head = (previous.seq, previous.hash) if previous is not None else None
 
     problem = _checkpoint_problem(session, head)
+    if problem is None and anchors is not None and anchors.newest is not None:
+        if head is None or anchors.newest > head[0]:
+            end = f"ends at seq {head[0]}" if head else "is empty"
+            problem = (
+                anchors.newest,
+                f"seq {anchors.newest} was anchored in {anchors.path}, but the log {end}: "
+                "its newest events were deleted",
+            )
     if problem is None and expect_head is not None:
         seq, noted_hash = expect_head
         if expected_hash is None:
@@ -621,12 +719,29 @@ def to_json(rows: Iterable[Mapping[str, Any]]) -> Iterator[str]:
     yield "[]\n" if separator == "[\n" else "\n]\n"
 
 
+def _log_heads_to_stderr() -> None:
+    """Let `dashboard.audit` INFO lines (each committed head) reach stderr, unless the process
+    configured logging itself (then its configuration decides)."""
+    if logger.handlers or logging.getLogger().handlers:
+        logger.setLevel(logging.INFO)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 # Seconds an SQLite store waits for another writer's lock before giving up.
 DEFAULT_SQLITE_BUSY_TIMEOUT = 15.0
 
 
 def init_app(app: Flask) -> None:
-    """Wire the audit log into the store: writers serialised, checkpoints logged on commit."""
+    """Wire the audit log into the store: writers serialised, heads anchored on commit."""
+    if app.config.get("AUDIT_ANCHOR_FILE") is None:
+        app.config["AUDIT_ANCHOR_FILE"] = str(Path(app.instance_path) / "audit-anchors.log")
+    if app.config.get("AUDIT_LOG_HEADS"):
+        _log_heads_to_stderr()
     with app.app_context():
         engine = db.engine  # created by db.init_app; creating it does not connect
     if engine.dialect.name == "sqlite":
