@@ -183,9 +183,7 @@ class StatusBoard:
         self._lock = threading.Lock()
         self._refreshed = threading.Condition(self._lock)
         self._statuses: dict[str, EnvironmentStatus] = {}
-        self._graph_error: str | None = None
         self._last_refresh: float | None = None
-        self._refreshing = False
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -213,7 +211,6 @@ class StatusBoard:
         statuses = read_all(project=self.project, graph=graph, timeout=self.timeout)
         with self._lock:
             self._statuses = {status.name: status for status in statuses}
-            self._graph_error = None
             self._last_refresh = time.monotonic()
             self._refreshed.notify_all()
         return statuses
@@ -281,9 +278,10 @@ class StatusBoard:
                     return
                 raise
             except DashboardError as error:
-                # A broken script directory must not kill the refresher; keep the last statuses.
+                # A broken script directory must not kill the refresher; keep the last statuses
+                # (each page that needs the graph says what is wrong with it).
+                logger.warning("status refresh failed: %s", error)
                 with self._lock:
-                    self._graph_error = str(error)
                     self._last_refresh = time.monotonic()
                     self._refreshed.notify_all()
             if self._stopping.is_set():
@@ -291,11 +289,6 @@ class StatusBoard:
             self.run_chores()
             self._wake.wait(self.period)
             self._wake.clear()
-
-    @property
-    def graph_error(self) -> str | None:
-        with self._lock:
-            return self._graph_error
 
 
 def _stop_at_exit(board: weakref.ref[StatusBoard]) -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import sqlparse
 
-DESTRUCTIVE_CALLS = {"drop_table": "drops table", "drop_column": "drops column"}
-
 
 def _text(node: ast.AST | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None

@@ -83,10 +83,6 @@ class Rollout(db.Model):
     )
 
     @property
-    def rollout_state(self) -> RolloutState:
-        return RolloutState(self.state)
-
-    @property
     def is_overdue(self) -> bool:
         """True for an open rollout past its expiry, whether or not `expired` is stored yet."""
         return (
@@ -125,10 +121,6 @@ class Rollout(db.Model):
     def vote_by(self, user_id: int | None) -> RolloutVote | None:
         """Return the vote this user cast, or None."""
         return next((vote for vote in self.votes if vote.user_id == user_id), None)
-
-    @property
-    def stale_reason(self) -> str | None:
-        return self.state_reason if self.state == RolloutState.STALE else None
 
     def describe(self) -> dict[str, Any]:
         """Return the JSON shape used by `flask dashboard rollouts --json`."""
