@@ -138,12 +138,17 @@ def start_gunicorn(
     app: str = "dashboard:create_app()",
 ) -> Server:
     """Start gunicorn (gthread workers) on a free loopback port, in a session of its own so
-    stop_group kills its workers and their children too; does not wait for it to serve."""
-    port = free_port()
+    stop_group kills its workers and their children too; does not wait for it to serve.
+
+    The port is bound here and the socket handed over (`fd://`): a port merely free a moment
+    ago could meanwhile be taken by another test's server or connection (pytest-xdist)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     command = [
         str(VENV_BIN / "gunicorn"),
         "--bind",
-        f"127.0.0.1:{port}",
+        f"fd://{listener.fileno()}",
         "--workers",
         str(workers),
         "--threads",
@@ -157,7 +162,7 @@ def start_gunicorn(
         *control_socket_options(),
         app,
     ]
-    with log.open("wb") as sink:  # the child keeps its own copy of the descriptor
+    with listener, log.open("wb") as sink:  # the child keeps its own copies of both
         process = subprocess.Popen(
             command,
             cwd=REPO,
@@ -166,6 +171,7 @@ def start_gunicorn(
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=(listener.fileno(),),
         )
     return Server(process=process, port=port, log=log)
 

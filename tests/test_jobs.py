@@ -288,9 +288,12 @@ def test_killing_the_supervisor_stops_the_runner_and_the_job_becomes_interrupted
             time.sleep(0.1)
         assert not _alive(runner_pid), "the runner outlived its supervisor"
 
-        time.sleep(2)  # let the heartbeat go stale
         with app.app_context():
-            reaped = jobs.reap_stale_jobs(environment="dev")
+            # Once its heartbeat has gone stale, a look marks it interrupted.
+            deadline = time.monotonic() + 30
+            while not (reaped := jobs.reap_stale_jobs(environment="dev")):
+                assert time.monotonic() < deadline, "the job was never marked interrupted"
+                time.sleep(0.1)
             assert [job.id for job in reaped] == [1]
             assert db.session.get(Job, 1).state == "interrupted"
             assert (

@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL, make_url
 
 from dashboard.environments.loader import Environment, Project, load_project
 from dashboard.errors import MigrationFailed, ScratchUnavailable
-from dashboard.schema import compare, diff_revisions, drift, materialize, reflect_schema
+from dashboard.schema import compare, diff_revisions, drift, materialize, reflect_schema, scratch
 from dashboard.schema.scratch import SCRATCH_PREFIX, scratch_database
 from dashboard.schema.service import compare_live, normalise_default
 from tests.conftest import (
@@ -49,15 +49,18 @@ def project_for(
 
 @pytest.fixture
 def scratch_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point tempfile at a private folder, so SQLite scratch files can be counted."""
+    """Point tempfile at a private folder, so SQLite scratch files can be counted, and give
+    this test's scratch databases a prefix of their own, so that the scratch databases other
+    tests (other pytest-xdist workers) make on the same server at the same time never count."""
     folder = tmp_path / "tmp"
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(scratch, "SCRATCH_PREFIX", f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:8]}_")
     return folder
 
 
 def scratch_leftovers(backend: str, scratch_tmp: Path) -> set[str]:
-    """The scratch databases (or SQLite scratch folders) that exist right now."""
+    """The scratch databases (or SQLite scratch folders) of this test that exist right now."""
     if backend == "sqlite":
         names = {path.name for path in scratch_tmp.iterdir()}
     else:
@@ -72,7 +75,7 @@ def scratch_leftovers(backend: str, scratch_tmp: Path) -> set[str]:
                 names = set(connection.execute(sa.text(query)).scalars())
         finally:
             engine.dispose()
-    return {name for name in names if name.startswith(SCRATCH_PREFIX)}
+    return {name for name in names if name.startswith(scratch.SCRATCH_PREFIX)}
 
 
 
