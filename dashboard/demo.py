@@ -9,8 +9,8 @@ import flask_migrate
 from flask import current_app
 
 from dashboard.environments import get_board, get_project
-from dashboard.errors import ConfigurationError, MigrationFailed
-from dashboard.target.runner import run_in_child
+from dashboard.errors import ConfigurationError
+from dashboard.target.runner import upgrade_in_child
 from dashboard.users import service as users
 from dashboard.users.models import Role
 
@@ -38,16 +38,11 @@ def build_demo() -> Iterator[str]:
         database.parent.mkdir(parents=True, exist_ok=True)
         database.unlink(missing_ok=True)
         target = "heads" if behind == 0 else _revision_behind(graph, behind)
-        result = run_in_child(
-            environment=environment,
-            script_location=project.script_location,
-            operation="upgrade",
+        upgrade_in_child(
+            project.database(environment),
             target=target,
+            what=f"building the demo's {environment.name}",
         )
-        if not result.succeeded:
-            raise MigrationFailed(
-                f"building the demo's {environment.name} failed:\n" + "\n".join(result.lines)
-            )
         yield f"{environment.name}: {database} upgraded to {target} ({behind} behind head)"
     yield from _create_demo_users()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -372,8 +373,28 @@ def client(app):
 
 @pytest.fixture(scope="session")
 def built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo built once per run by `flask dashboard demo`: environments.yaml and databases."""
-    folder = tmp_path_factory.mktemp("built-demo")
+    """The demo built once per run by `flask dashboard demo`: environments.yaml and databases.
+    Under pytest-xdist the first worker to need it builds it; the others wait and share it."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp("built-demo")
+        _build_demo(folder)
+        return folder
+    # Every worker's basetemp is a folder of this run's own basetemp.
+    shared = tmp_path_factory.getbasetemp().parent / "built-demo"
+    with (shared.parent / "built-demo.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not shared.exists():
+            partial = shared.with_name("built-demo.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            _build_demo(partial)
+            partial.rename(shared)
+    return shared
+
+
+def _build_demo(folder: Path) -> None:
+    from dashboard.extensions import db
+
     environments = write_demo_environments(folder)
     demo_app = create_app(
         "testing",
@@ -383,12 +404,13 @@ def built_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
     )
     result = demo_app.test_cli_runner().invoke(args=["dashboard", "demo"])
+    with demo_app.app_context():
+        db.engine.dispose()  # no connection outlives the build (the folder may move)
     assert result.exit_code == 0, result.output
     # The demo prints each role's user and password once; keep them for signing in.
     passwords = dict(re.findall(r"^\s+(\w+)\s+password (\S+)$", result.output, re.M))
     assert sorted(passwords) == ["admin", "approver", "operator", "viewer"], result.output
     (folder / "passwords.json").write_text(json.dumps(passwords))
-    return folder
 
 
 @pytest.fixture
@@ -444,6 +466,22 @@ def clients(demo_app, demo_passwords):
 
 # --- signing in -----------------------------------------------------------------------------
 
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashes() -> Iterator[None]:
+    """Hash passwords in this process with argon2id at its cheapest cost, not the production
+    cost (about 0.1-0.5 s a hash or check on a busy 2-core host, and most tests sign in several
+    times). Same algorithm, same code paths; servers and CLIs started as child processes still
+    use the real cost (and rehash a cheap hash on sign-in, as for any outdated hash)."""
+    from argon2 import PasswordHasher
+
+    from dashboard.users import service as users
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(users, "_hasher", PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+        yield
+
+
 TEST_PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
 
@@ -485,11 +523,26 @@ def upgrade_store(app) -> None:
         flask_migrate.upgrade(directory=app.extensions["migrate"].directory)
 
 
+def _store_revisions(app) -> set[str] | None:
+    """The revisions the app's store is at, or None before its version table exists."""
+    from dashboard.extensions import db
+
+    with app.app_context(), db.engine.connect() as connection:
+        if not sa.inspect(connection).has_table("alembic_version"):
+            return None
+        return set(connection.scalars(sa.text("SELECT version_num FROM alembic_version")))
+
+
 def add_user(app, username: str, role: str = "viewer", password: str = TEST_PASSWORD) -> None:
     """Create a user in the app's store (upgrading the store first)."""
     from dashboard.users import service as users
 
-    upgrade_store(app)
+    # Running the store's migrations again costs far more than a user; skip them while the
+    # store is still at the revisions this helper last upgraded it to.
+    upgraded = app.extensions.get("tests.upgraded_store_revisions")
+    if upgraded is None or _store_revisions(app) != upgraded:
+        upgrade_store(app)
+        app.extensions["tests.upgraded_store_revisions"] = _store_revisions(app)
     with app.app_context():
         users.create_user(username=username, password=password, role=role, actor=None)
 
@@ -598,12 +651,7 @@ def upgrade_in_child(*, environment, project, target: str = "head") -> None:
     """Upgrade an environment straight through the runner (no job, no store)."""
     from dashboard.target.runner import run_in_child
 
-    result = run_in_child(
-        environment=environment,
-        script_location=project.script_location,
-        operation="upgrade",
-        target=target,
-    )
+    result = run_in_child(project.database(environment), operation="upgrade", target=target)
     assert result.succeeded, "\n".join(result.lines)
 
 

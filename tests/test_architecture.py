@@ -110,3 +110,16 @@ def test_the_services_know_nothing_of_views_flows_or_the_cli():
         if imported.rpartition(".")[2] in above or imported == "dashboard.cli"
     ]
     assert offenders == []
+
+
+def test_the_target_package_stands_on_its_own():
+    """It takes one frozen TargetDatabase, so it needs no feature package to describe one."""
+    allowed = ("dashboard.errors", "dashboard.redact", TARGET)
+    offenders = [
+        f"{module} → {imported}"
+        for module in MODULES
+        if module.startswith(TARGET + ".")
+        for imported in imported_modules(module)
+        if imported != TARGET and not imported.startswith(allowed)
+    ]
+    assert offenders == []

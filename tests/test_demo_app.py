@@ -14,10 +14,7 @@ BEFORE_BACKFILL = "4add470122e6"
 
 def run(project, operation, target):
     result = run_in_child(
-        environment=project.get("target"),
-        script_location=project.script_location,
-        operation=operation,
-        target=target,
+        project.database(project.get("target")), operation=operation, target=target
     )
     assert result.succeeded, "\n".join(result.lines)
     return result
@@ -44,7 +41,9 @@ def test_demo_scripts_upgrade_with_data_and_downgrade_on_every_backend(tmp_path,
 
     assert any("backfill customer display_name" in line for line in result.lines)
     graph = alembic_adapter.load_graph(DEMO_SCRIPTS)
-    status = read_status(environment=project.get("target"), graph=graph, timeout=3)
+    status = read_status(
+        project=project, environment=project.get("target"), graph=graph, timeout=3
+    )
     assert status.status == Status.UP_TO_DATE
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as connection:

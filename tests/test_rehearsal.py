@@ -14,6 +14,7 @@ from dashboard.plans import Plan, build_plan, clear_plan_cache
 from dashboard.plans.rehearsal import is_introspection, rehearse
 from dashboard.plans.warnings import statement_warnings
 from dashboard.target import adapter as alembic_adapter
+from dashboard.target.spec import TargetDatabase
 from tests.conftest import DEMO_SCRIPTS, ScriptTree, project_for, table_names, upgrade_in_child
 from tests.test_schema import restricted_url, scratch_leftovers, scratch_tmp
 
@@ -43,9 +44,13 @@ def environment_on(
 
 def current(environment: Environment) -> tuple[str, ...]:
     assert environment.url is not None
-    return alembic_adapter.read_current_revisions(
-        url=environment.url, version_table=environment.version_table
+    database = TargetDatabase(
+        name=environment.name,
+        url=environment.url,
+        script_location=Path("migrations"),  # reading the version table needs no scripts
+        version_table=environment.version_table,
     )
+    return alembic_adapter.read_current_revisions(database)
 
 
 def plan(project: Project, environment: Environment, target: str, direction="upgrade") -> Plan:

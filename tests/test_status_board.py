@@ -23,12 +23,7 @@ def make_project(tmp_path, tree, silent_port=None):
 
 
 def upgrade(project, target="heads"):
-    result = run_in_child(
-        environment=project.get("dev"),
-        script_location=project.script_location,
-        operation="upgrade",
-        target=target,
-    )
+    result = run_in_child(project.database(project.get("dev")), operation="upgrade", target=target)
     assert result.succeeded, result.lines
 
 
@@ -67,7 +62,9 @@ def test_forced_refresh_sees_a_change_at_once(tmp_path, script_tree):
     project = make_project(tmp_path, script_tree)
     upgrade(project, "r00")
     board = StatusBoard(project=project, timeout=1, period=3600)
-    before = board.refresh()[0]
+    # Start the refresher and wait for its first read, which it makes at once: with an hour's
+    # period it reads nothing more. (A first snapshot after the upgrade would race that read.)
+    before = board.snapshot(wait=5)[0]
     assert (before.status, before.behind) == (Status.BEHIND, 2)
 
     upgrade(project)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -12,6 +13,7 @@ from dashboard.environments.status import Status, read_all, read_status
 from dashboard.errors import EnvironmentUnreachable, ScriptDirectoryError
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.runner import run_in_child
+from dashboard.target.spec import TargetDatabase
 from tests.conftest import DatabaseFactory, execute, project_for, table_names
 
 
@@ -20,19 +22,14 @@ def render(url) -> str:
 
 
 def upgrade(project, name: str, target: str = "heads", operation: str = "upgrade"):
-    result = run_in_child(
-        environment=project.get(name),
-        script_location=project.script_location,
-        operation=operation,
-        target=target,
-    )
+    result = run_in_child(project.database(project.get(name)), operation=operation, target=target)
     assert result.succeeded, "\n".join(result.lines)
     return result
 
 
 def status_of(project, name: str, timeout: float = 3.0):
     graph = alembic_adapter.load_graph(project.script_location)
-    return read_status(environment=project.get(name), graph=graph, timeout=timeout)
+    return read_status(project=project, environment=project.get(name), graph=graph, timeout=timeout)
 
 
 # --- the revision graph ---------------------------------------------------------------------
@@ -199,12 +196,7 @@ def test_a_failing_migration_reports_the_error_and_keeps_the_revision(
     script_tree.add("r01", "r00", "broken", upgrade="op.execute('SELECT * FROM no_such_table')")
     project = project_for(tmp_path, script_tree, {"dev": render(database_url)})
 
-    result = run_in_child(
-        environment=project.get("dev"),
-        script_location=project.script_location,
-        operation="upgrade",
-        target="heads",
-    )
+    result = run_in_child(project.database(project.get("dev")), operation="upgrade", target="heads")
 
     assert not result.succeeded
     assert any("no_such_table" in line for line in result.lines)
@@ -296,7 +288,8 @@ def test_missing_sqlite_file_is_unreachable_and_not_created(tmp_path, script_tre
 def test_read_current_revisions_raises_our_error(closed_port):
     url = make_url(f"postgresql+psycopg://u:pw@127.0.0.1:{closed_port}/x")
     with pytest.raises(EnvironmentUnreachable):
-        alembic_adapter.read_current_revisions(url=url, timeout=1)
+        database = TargetDatabase(name="x", url=url, script_location=Path("migrations"))
+        alembic_adapter.read_current_revisions(database, timeout=1)
 
 
 def test_percent_in_password_survives_alembic_config_and_is_never_echoed(

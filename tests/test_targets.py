@@ -21,6 +21,7 @@ from dashboard.jobs.models import Job
 from dashboard.plans import Plan, build_plan, clear_plan_cache
 from dashboard.rollouts import service as rollouts
 from dashboard.target import adapter as alembic_adapter
+from dashboard.target.spec import TargetDatabase
 from dashboard.users import service as users
 from dashboard.users.models import User
 from tests.conftest import (
@@ -436,7 +437,10 @@ def test_the_run_form_runs_the_reviewed_plan_for_the_form(
     ],
 )
 def test_the_diff_pages_resolve_the_same_forms_to_revisions(two_branches, text, named):
-    assert alembic_adapter.resolve_revisions(script_location=two_branches.path, text=text) == named
+    database = TargetDatabase(
+        name="dev", url=sa.make_url("sqlite://"), script_location=two_branches.path
+    )
+    assert alembic_adapter.resolve_revisions(database, text) == named
 
 
 @pytest.mark.parametrize(

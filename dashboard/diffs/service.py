@@ -123,11 +123,7 @@ def revision_plan(
     """Plan the way from one revision to another on `environment`'s dialect (upgrade or down)."""
     graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
     start, end = (
-        alembic_adapter.resolve_revisions(
-            script_location=project.script_location,
-            text=text,
-            python_path=environment.python_path,
-        )
+        alembic_adapter.resolve_revisions(project.database(environment), text)
         for text in (from_revision, to_revision)
     )
     if len(end) > 1:

@@ -16,7 +16,8 @@ import yaml
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from dashboard.errors import ConfigurationError
+from dashboard.errors import ConfigurationError, EnvironmentNotConfigured
+from dashboard.target.spec import TargetDatabase
 
 PROJECT_KEYS = {
     "project",
@@ -121,6 +122,25 @@ class Project:
     @property
     def names(self) -> list[str]:
         return [environment.name for environment in self.environments]
+
+    def database(self, environment: Environment) -> TargetDatabase:
+        """The frozen value the target package takes for `environment`; raise
+        EnvironmentNotConfigured when it has no URL."""
+        if environment.url is None:
+            raise EnvironmentNotConfigured(
+                f"{environment.name} is not configured: {environment.not_configured_reason}"
+            )
+        return TargetDatabase(
+            name=environment.name,
+            url=environment.url,
+            script_location=self.script_location,
+            version_table=environment.version_table,
+            version_table_schema=environment.version_table_schema,
+            python_path=environment.python_path,
+            configure_args=environment.configure_args,
+            lock_timeout=environment.lock_timeout,
+            statement_timeout=environment.statement_timeout,
+        )
 
 
 class _Reader:

@@ -94,7 +94,7 @@ def classify(
 
 
 def read_status(
-    *, environment: Environment, graph: RevisionGraph, timeout: float
+    *, project: Project, environment: Environment, graph: RevisionGraph, timeout: float
 ) -> EnvironmentStatus:
     """Read one environment's database now and classify it; never raises for a bad database."""
     started = time.monotonic()
@@ -107,10 +107,7 @@ def read_status(
         )
     try:
         current = alembic_adapter.read_current_revisions(
-            url=environment.url,
-            version_table=environment.version_table,
-            version_table_schema=environment.version_table_schema,
-            timeout=timeout,
+            project.database(environment), timeout=timeout
         )
     except EnvironmentUnreachable as error:
         return EnvironmentStatus(
@@ -135,7 +132,11 @@ def read_all(*, project: Project, graph: RevisionGraph, timeout: float) -> list[
     try:
         futures = {
             environment.name: executor.submit(
-                read_status, environment=environment, graph=graph, timeout=timeout
+                read_status,
+                project=project,
+                environment=environment,
+                graph=graph,
+                timeout=timeout,
             )
             for environment in project.environments
         }

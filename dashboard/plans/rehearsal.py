@@ -44,6 +44,7 @@ from dashboard.plans.service import Plan, PlanStep
 from dashboard.plans.warnings import sql_tokens, statement_warnings
 from dashboard.schema.service import materialize, reflect_schema
 from dashboard.target.runner import SQL_MARKER, run_in_child
+from dashboard.target.spec import TargetDatabase
 
 _CATALOGUES = {
     "sqlite_master",
@@ -237,7 +238,7 @@ def step_target(step: PlanStep, direction: str) -> str:
 def _run_steps(
     *, project: Project, environment: Environment, plan: Plan, url: URL
 ) -> list[RehearsedStep]:
-    scratch = dataclasses.replace(environment, url=url, shadow_url=None)
+    scratch = dataclasses.replace(project.database(environment), url=url)
     dialect = url.get_backend_name()
     steps: list[RehearsedStep] = []
     for step in plan.steps:
@@ -259,7 +260,6 @@ def _run_steps(
         )
         steps.append(
             _run_step(
-                project=project,
                 scratch=scratch,
                 step=step,
                 direction=plan.direction,
@@ -283,8 +283,7 @@ def _tables(url: URL, version_table: str) -> dict[str, dict[str, str]] | None:
 
 def _run_step(
     *,
-    project: Project,
-    scratch: Environment,
+    scratch: TargetDatabase,
     step: PlanStep,
     direction: str,
     tables: dict[str, dict[str, str]] | None,
@@ -295,8 +294,7 @@ def _run_step(
         arrivals.append((time.perf_counter(), line))
 
     outcome = run_in_child(
-        environment=scratch,
-        script_location=project.script_location,
+        scratch,
         operation=direction,
         target=step_target(step, direction),
         on_line=on_line,

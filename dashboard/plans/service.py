@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from dashboard.environments.loader import Environment, Project
-from dashboard.errors import EnvironmentNotConfigured, PlanError
+from dashboard.errors import PlanError
+from dashboard.limits import check_length
 from dashboard.plans.warnings import plan_warnings
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.renderer import render_in_child, without_password
@@ -166,17 +167,10 @@ def build_plan(
     """
     if direction not in ("upgrade", "downgrade"):
         raise PlanError(f"unknown direction {direction!r}: use upgrade or downgrade")
-    if environment.url is None:
-        raise EnvironmentNotConfigured(
-            f"{environment.name} is not configured: {environment.not_configured_reason}"
-        )
+    check_length("target", target)
+    database = project.database(environment)  # raises EnvironmentNotConfigured without a URL
     if current is None:
-        current = alembic_adapter.read_current_revisions(
-            url=environment.url,
-            version_table=environment.version_table,
-            version_table_schema=environment.version_table_schema,
-            timeout=timeout,
-        )
+        current = alembic_adapter.read_current_revisions(database, timeout=timeout)
     current = tuple(current)
     script_location = project.script_location
     key = (
@@ -231,23 +225,15 @@ def _make_plan(
 ) -> Plan:
     assert environment.url is not None
     script_location = project.script_location
+    database = project.database(environment)
     resolved = alembic_adapter.resolve_steps(
-        script_location=script_location,
-        current=current,
-        direction=direction,
-        target=target,
-        python_path=environment.python_path,
+        database, current=current, direction=direction, target=target
     )
     if render:
         rendered = render_in_child(
-            script_location=script_location,
-            url=environment.url,
+            database,
             direction=direction,
             steps=list(zip(resolved.revision_ids, resolved.heads_before, strict=True)),
-            version_table=environment.version_table,
-            version_table_schema=environment.version_table_schema,
-            python_path=environment.python_path,
-            configure_args=environment.configure_options,
         )
         assert [output.revision_id for output in rendered] == list(resolved.revision_ids)
         outputs = [(output.sql, output.unrenderable_reason) for output in rendered]

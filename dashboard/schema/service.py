@@ -43,12 +43,11 @@ from dashboard.errors import (
     DashboardError,
     EnvironmentNotConfigured,
     EnvironmentUnreachable,
-    MigrationFailed,
 )
 from dashboard.schema.scratch import scratch_database
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.engines import target_engine
-from dashboard.target.runner import run_in_child
+from dashboard.target.runner import upgrade_in_child
 
 REFLECT_TIMEOUT = 5.0
 KINDS = ("table", "column", "primary_key", "unique", "foreign_key", "index")
@@ -418,18 +417,11 @@ def materialize(
 ) -> Iterator[URL]:
     """Yield the URL of a scratch database upgraded to `revision` ("base" or () = empty)."""
     with scratch_database(environment=environment) as url:
-        scratch = dataclasses.replace(environment, url=url, shadow_url=None)
+        scratch = dataclasses.replace(project.database(environment), url=url)
         for target in _targets(revision):
-            result = run_in_child(
-                environment=scratch,
-                script_location=project.script_location,
-                operation="upgrade",
-                target=target,
+            upgrade_in_child(
+                scratch, target=target, what=f"building a scratch database at {target}"
             )
-            if not result.succeeded:
-                raise MigrationFailed(
-                    f"building a scratch database at {target} failed: {result.failure_reason}"
-                )
         yield url
 
 
@@ -471,15 +463,7 @@ def drift(*, project: Project, environment: Environment) -> DriftReport:
 
     revisions: tuple[str, ...] = ()
     try:
-        if environment.url is None:
-            raise EnvironmentNotConfigured(
-                f"{environment.name} is not configured: {environment.not_configured_reason}"
-            )
-        revisions = alembic_adapter.read_current_revisions(
-            url=environment.url,
-            version_table=environment.version_table,
-            version_table_schema=environment.version_table_schema,
-        )
+        revisions = alembic_adapter.read_current_revisions(project.database(environment))
         graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
         unknown = [revision for revision in revisions if revision not in graph]
         if unknown:

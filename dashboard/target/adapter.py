@@ -36,6 +36,7 @@ from dashboard.errors import (
 )
 from dashboard.redact import redact
 from dashboard.target.engines import connect_args, read_only_engine
+from dashboard.target.spec import TargetDatabase
 
 _CREATE_DATE = re.compile(r"^Create Date:\s*(.+?)\s*$", re.MULTILINE)
 
@@ -194,23 +195,17 @@ def describe_database_error(error: BaseException, url: URL | None) -> str:
     return redact(text, [url])
 
 
-def read_current_revisions(
-    *,
-    url: URL,
-    version_table: str = "alembic_version",
-    version_table_schema: str | None = None,
-    timeout: float = 3.0,
-) -> tuple[str, ...]:
+def read_current_revisions(database: TargetDatabase, *, timeout: float = 3.0) -> tuple[str, ...]:
     """Return the revisions recorded in a database; () when it has no version table."""
     try:
-        engine = read_only_engine(url, timeout=timeout)
+        engine = read_only_engine(database.url, timeout=timeout)
         try:
             with engine.connect() as connection:
                 context = MigrationContext.configure(
                     connection,
                     opts={
-                        "version_table": version_table,
-                        "version_table_schema": version_table_schema,
+                        "version_table": database.version_table,
+                        "version_table_schema": database.version_table_schema,
                     },
                 )
                 return tuple(context.get_current_heads())
@@ -219,7 +214,7 @@ def read_current_revisions(
     except EnvironmentUnreachable:
         raise
     except (sa.exc.SQLAlchemyError, sqlite3.Error, OSError, CommandError) as error:
-        raise EnvironmentUnreachable(describe_database_error(error, url)) from error
+        raise EnvironmentUnreachable(describe_database_error(error, database.url)) from error
 
 
 def _alembic_config(script_location: Path, url: URL, *, stdout: IO[str] | None = None) -> Config:
@@ -244,15 +239,7 @@ def _alembic_config(script_location: Path, url: URL, *, stdout: IO[str] | None =
     return config
 
 
-def _flask_migrate_app(
-    script_location: Path,
-    url: URL,
-    version_table: str,
-    version_table_schema: str | None,
-    *,
-    configure_args: dict[str, Any] | None = None,
-    one_connection: bool = False,
-) -> Any:
+def _flask_migrate_app(database: TargetDatabase, *, one_connection: bool = False) -> Any:
     """A minimal Flask app whose migrate extension carries this environment's engine.
 
     A stock Flask-Migrate env.py reads its engine and configure arguments from
@@ -264,6 +251,7 @@ def _flask_migrate_app(
     from flask_migrate import Migrate
     from flask_sqlalchemy import SQLAlchemy
 
+    url = database.url
     app = Flask("dashboard_runner")
     app.config["SQLALCHEMY_DATABASE_URI"] = url.render_as_string(hide_password=False)
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = (
@@ -273,10 +261,12 @@ def _flask_migrate_app(
     )
     db = SQLAlchemy()
     db.init_app(app)
-    options: dict[str, Any] = {"version_table": version_table, **(configure_args or {})}
-    if version_table_schema:
-        options["version_table_schema"] = version_table_schema
-    Migrate(app, db, directory=str(script_location), **options)
+    options: dict[str, Any] = {"version_table": database.version_table}
+    if one_connection:  # a run; offline rendering passes them as configure defaults instead
+        options.update(database.configure_options)
+    if database.version_table_schema:
+        options["version_table_schema"] = database.version_table_schema
+    Migrate(app, db, directory=str(database.script_location), **options)
     return app
 
 
@@ -317,23 +307,9 @@ def env_py_builds_its_engine(script_location: Path) -> bool:
     return "current_app" not in source
 
 
-def migration_app(
-    *,
-    script_location: Path,
-    url: URL,
-    version_table: str,
-    version_table_schema: str | None,
-    configure_args: dict[str, Any] | None = None,
-) -> Any:
+def migration_app(database: TargetDatabase) -> Any:
     """The Flask app a runner migrates through: one database session for the whole run."""
-    return _flask_migrate_app(
-        Path(script_location),
-        url,
-        version_table,
-        version_table_schema,
-        configure_args=configure_args,
-        one_connection=True,
-    )
+    return _flask_migrate_app(database, one_connection=True)
 
 
 def app_engine(app: Any) -> Engine:
@@ -361,14 +337,11 @@ class AppliedStep:
 
 
 def run_command(
+    database: TargetDatabase,
     *,
     app: Any,
-    script_location: Path,
-    url: URL,
     operation: str,
     target: str,
-    python_path: Iterable[Path] = (),
-    configure_args: dict[str, Any] | None = None,
     expected_from: tuple[str, ...] | None = None,
     planned: tuple[str, ...] | None = None,
     on_steps: Any | None = None,
@@ -384,16 +357,17 @@ def run_command(
     """
     if operation not in ("upgrade", "downgrade", "stamp"):
         raise ValueError(f"unknown operation {operation!r}")
-    config = _alembic_config(script_location, url, stdout=stdout)
+    url = database.url
+    config = _alembic_config(database.script_location, url, stdout=stdout)
 
     def observe(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:  # noqa: ARG001
         if on_applied is not None and not step.is_stamp:
             on_applied(AppliedStep(revision_id=step.up_revision_id, is_upgrade=step.is_upgrade))
 
     with (
-        _on_sys_path(python_path),
+        _on_sys_path(database.python_path),
         app.app_context(),
-        _configure_defaults(dict(configure_args or {}), observe),
+        _configure_defaults(database.configure_options, observe),
     ):
         try:
             if operation == "stamp":
@@ -467,12 +441,7 @@ def script_signature(script_location: Path) -> tuple[Any, ...]:
 
 
 def resolve_steps(
-    *,
-    script_location: Path,
-    current: tuple[str, ...],
-    direction: str,
-    target: str,
-    python_path: Iterable[Path] = (),
+    database: TargetDatabase, *, current: tuple[str, ...], direction: str, target: str
 ) -> ResolvedSteps:
     """Resolve `target` from `current` into the revisions Alembic's upgrade/downgrade would run.
 
@@ -486,7 +455,7 @@ def resolve_steps(
     requested = (target or "").strip()
     if not requested:
         raise PlanError("name a target: head, a revision id, a relative step such as -1, or base")
-    python_path = tuple(python_path)
+    script_location, python_path = database.script_location, database.python_path
     graph = load_graph(script_location, python_path)
     current = tuple(current)
     unknown = [revision for revision in current if revision not in graph]
@@ -730,9 +699,7 @@ def _parsed_scripts(script_location: Path, python_path: tuple[Path, ...]) -> Scr
     return script
 
 
-def resolve_revisions(
-    *, script_location: Path, text: str, python_path: Iterable[Path] = ()
-) -> tuple[str, ...]:
+def resolve_revisions(database: TargetDatabase, text: str) -> tuple[str, ...]:
     """Return the revisions `text` names: () for base, the heads for heads, else full ids.
 
     Alembic's absolute branch forms name revisions too: "expand@head", "expand@heads",
@@ -743,7 +710,7 @@ def resolve_revisions(
     text = (text or "").strip()
     if text in ("", "base"):
         return ()
-    python_path = tuple(python_path)
+    script_location, python_path = database.script_location, database.python_path
     if text in ("head", "heads"):
         heads = load_graph(script_location, python_path).heads
         if text == "head" and len(heads) > 1:
@@ -935,17 +902,12 @@ def _offline_failure_reason(error: BaseException, script_path: Path, url: URL) -
 
 
 def render_offline_sql(
+    database: TargetDatabase,
     *,
-    script_location: Path,
-    url: URL,
     direction: str,
     from_revisions: tuple[str, ...],
     revision_id: str,
-    version_table: str = "alembic_version",
-    version_table_schema: str | None = None,
-    python_path: Iterable[Path] = (),
     session: dict[str, Any] | None = None,
-    configure_args: dict[str, Any] | None = None,
 ) -> str:
     """Render one upgrade or downgrade step as SQL for `url`'s dialect, without connecting.
 
@@ -961,17 +923,17 @@ def render_offline_sql(
     from alembic.runtime.environment import EnvironmentContext
     from alembic.runtime.migration import MigrationStep
 
-    script_location = Path(script_location)
+    url = database.url
     sql_output = io.StringIO()
     session = {} if session is None else session
     if "config" not in session:
-        session["config"] = _alembic_config(script_location, url, stdout=io.StringIO())
-        session["app"] = _flask_migrate_app(
-            script_location, url, version_table, version_table_schema
+        session["config"] = _alembic_config(
+            database.script_location, url, stdout=io.StringIO()
         )
+        session["app"] = _flask_migrate_app(database)
     config, app = session["config"], session["app"]
     config.output_buffer = sql_output
-    with _on_sys_path(python_path), app.app_context():
+    with _on_sys_path(database.python_path), app.app_context():
         if "script" not in session:
             session["script"] = ScriptDirectory.from_config(config)
         script = session["script"]
@@ -992,7 +954,7 @@ def render_offline_sql(
 
         # Named paramstyle as Alembic's generic env.py sets it: Flask-Migrate's offline branch
         # does not, and a pyformat driver then doubles every % into SQL that psql rejects.
-        defaults = {"dialect_opts": {"paramstyle": "named"}, **(configure_args or {})}
+        defaults = {"dialect_opts": {"paramstyle": "named"}, **database.configure_options}
         try:
             with (
                 _configure_defaults(defaults),

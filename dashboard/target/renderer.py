@@ -15,13 +15,13 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
 from dashboard.errors import OfflineRenderError, PlanError
 from dashboard.redact import redact
 from dashboard.target import adapter as alembic_adapter
+from dashboard.target.spec import TargetDatabase
 
 URL_VARIABLE = "DASHBOARD_RENDER_URL"
 RENDER_TIMEOUT = 120.0
@@ -49,29 +49,21 @@ class RenderedStep:
 
 
 def render_in_child(
+    database: TargetDatabase,
     *,
-    script_location: Path,
-    url: URL,
     direction: str,
     steps: list[tuple[str, tuple[str, ...]]],
-    version_table: str = "alembic_version",
-    version_table_schema: str | None = None,
-    python_path: tuple[Path, ...] = (),
-    configure_args: dict | None = None,
     timeout: float = RENDER_TIMEOUT,
 ) -> list[RenderedStep]:
-    """Render each (revision id, revisions before it) step for `url`'s dialect in a child."""
+    """Render each (revision id, revisions before it) step for the database's dialect in a
+    child (with its `configure_args:`, as its real runs pass them to context.configure())."""
     if not steps:
         return []
+    url = database.url
     spec = {
-        "script_location": str(script_location),
+        "database": database.to_spec(),
         "direction": direction,
         "steps": [{"revision": revision, "from": list(before)} for revision, before in steps],
-        "version_table": version_table,
-        "version_table_schema": version_table_schema,
-        "python_path": [str(folder) for folder in python_path],
-        # The environment's `configure_args:`, as its real runs pass them to context.configure().
-        "configure_args": dict(configure_args or {}),
     }
     child_env = dict(os.environ)
     child_env[URL_VARIABLE] = without_password(url).render_as_string(hide_password=False)
@@ -111,7 +103,7 @@ def render_in_child(
 def main() -> int:
     """Child entry point: read the JSON spec on stdin, print each step's SQL or reason as JSON."""
     spec = json.load(sys.stdin)
-    url = make_url(os.environ.pop(URL_VARIABLE))
+    database = TargetDatabase.from_spec(spec["database"], make_url(os.environ.pop(URL_VARIABLE)))
     answer = sys.stdout
     results = []
     session: dict = {}  # one parsed script directory for every step of this plan
@@ -120,16 +112,11 @@ def main() -> int:
         for step in spec["steps"]:
             try:
                 sql = alembic_adapter.render_offline_sql(
-                    script_location=Path(spec["script_location"]),
-                    url=url,
+                    database,
                     direction=spec["direction"],
                     from_revisions=tuple(step["from"]),
                     revision_id=step["revision"],
-                    version_table=spec.get("version_table") or "alembic_version",
-                    version_table_schema=spec.get("version_table_schema"),
-                    python_path=[Path(folder) for folder in spec.get("python_path", [])],
                     session=session,
-                    configure_args=spec.get("configure_args") or {},
                 )
             except OfflineRenderError as error:
                 results.append({"revision": step["revision"], "sql": None, "reason": str(error)})

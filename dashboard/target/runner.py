@@ -23,16 +23,15 @@ import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from dashboard.environments.loader import Environment
-from dashboard.errors import EnvironmentNotConfigured, MigrationFailed, PlanChanged
+from dashboard.errors import MigrationFailed, PlanChanged
 from dashboard.redact import redact
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.locks import LockBusy, TargetLock, lock_table_name
+from dashboard.target.spec import TargetDatabase
 
 URL_VARIABLE = "DASHBOARD_RUNNER_URL"
 # Set for a plain Alembic env.py (which builds its own engine): the README's lock lines see that
@@ -110,41 +109,32 @@ class RunResult:
 
 
 def run_in_child(
+    database: TargetDatabase,
     *,
-    environment: Environment,
-    script_location: Path,
     operation: str,
     target: str,
     on_line: Callable[[str], None] | None = None,
-    options: dict | None = None,
+    lock_wait: float = 10.0,
     on_start: Callable[[int], None] | None = None,
     expected_from: tuple[str, ...] | None = None,
     planned: tuple[str, ...] | None = None,
 ) -> RunResult:
-    """Run `operation` to `target` on `environment` in a child process; return its output.
+    """Run `operation` to `target` on `database` in a child process; return its output.
 
     With `expected_from` (and `planned`), the child runs nothing unless the database is still
     at those revisions and Alembic would run exactly those steps, checked under the lock.
     """
-    if environment.url is None:
-        raise EnvironmentNotConfigured(
-            f"{environment.name} is not configured: {environment.not_configured_reason}"
-        )
     spec = {
-        "script_location": str(script_location),
+        "database": database.to_spec(),
         "operation": operation,
         "target": target,
-        "version_table": environment.version_table,
-        "version_table_schema": environment.version_table_schema,
-        "python_path": [str(folder) for folder in environment.python_path],
-        "configure_args": environment.configure_options,
+        "lock_wait": lock_wait,
         "expected_from": None if expected_from is None else list(expected_from),
         "planned": None if planned is None else list(planned),
-        **(options or {}),
     }
     child_env = dict(os.environ)
     child_env.pop(LOCK_VARIABLE, None)
-    child_env[URL_VARIABLE] = environment.url.render_as_string(hide_password=False)
+    child_env[URL_VARIABLE] = database.url.render_as_string(hide_password=False)
     child_env["PYTHONUNBUFFERED"] = "1"
     lines: list[str] = []
     private: dict[str, list[str]] = {marker: [] for marker in _PRIVATE_MARKERS}
@@ -161,7 +151,7 @@ def run_in_child(
         if on_start is not None:
             on_start(process.pid)
         for raw in process.stdout:
-            line = redact(raw.rstrip("\n"), [environment.url])
+            line = redact(raw.rstrip("\n"), [database.url])
             marker = next((m for m in _PRIVATE_MARKERS if line.startswith(m)), None)
             if marker is not None:
                 private[marker].append(line[len(marker) :])
@@ -181,6 +171,15 @@ def run_in_child(
         stale=stale[-1] if stale else None,
         last_step=tuple(steps[-1]) if steps else None,
     )
+
+
+def upgrade_in_child(database: TargetDatabase, *, target: str, what: str) -> RunResult:
+    """Upgrade `database` to `target` in a child (building the demo, a scratch database);
+    raise MigrationFailed saying `what` failed, and why, when it does not succeed."""
+    result = run_in_child(database, operation="upgrade", target=target)
+    if not result.succeeded:
+        raise MigrationFailed(f"{what} failed: {result.failure_reason}")
+    return result
 
 
 # --- the child ------------------------------------------------------------------------------
@@ -245,7 +244,7 @@ class _StepObserver:
         }
 
 
-def _watch_the_database(spec: dict, observer: _StepObserver) -> None:
+def _watch_the_database(database: TargetDatabase, observer: _StepObserver) -> None:
     """Print every statement run on the target and each session opened; bound waits."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
@@ -263,8 +262,8 @@ def _watch_the_database(spec: dict, observer: _StepObserver) -> None:
     def ran(connection, cursor, statement, parameters, context, executemany):  # noqa: ARG001
         observer.statement_ran(describe(statement, parameters))
 
-    lock_timeout = spec.get("lock_timeout")
-    statement_timeout = spec.get("statement_timeout")
+    lock_timeout = database.lock_timeout
+    statement_timeout = database.statement_timeout
 
     @event.listens_for(Pool, "connect")
     def on_connect(dbapi_connection, record):  # noqa: ARG001
@@ -297,23 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     """Child entry point: run the command described by the JSON spec on $DASHBOARD_RUNNER_URL."""
     _die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m dashboard.target.runner")
-    parser.add_argument("spec", help="JSON: script_location, operation, target, version_table…")
+    parser.add_argument("spec", help="JSON: database (all but its URL), operation, target, …")
     spec = json.loads(parser.parse_args(argv).spec)
-    url = make_url(os.environ.pop(URL_VARIABLE))
-    script_location = Path(spec["script_location"])
-    version_table = spec.get("version_table") or "alembic_version"
-    schema = spec.get("version_table_schema")
+    database = TargetDatabase.from_spec(spec["database"], make_url(os.environ.pop(URL_VARIABLE)))
+    version_table, schema = database.version_table, database.version_table_schema
     expected_from = spec.get("expected_from")
     observer = _StepObserver()
-    _watch_the_database(spec, observer)
-    app = alembic_adapter.migration_app(
-        script_location=script_location,
-        url=url,
-        version_table=version_table,
-        version_table_schema=schema,
-        configure_args=spec.get("configure_args"),
-    )
-    lock = TargetLock(url=url, version_table=version_table, schema=schema)
+    _watch_the_database(database, observer)
+    app = alembic_adapter.migration_app(database)
+    lock = TargetLock(url=database.url, version_table=version_table, schema=schema)
     with app.app_context():
         engine = alembic_adapter.app_engine(app)
         try:
@@ -337,28 +328,25 @@ def main(argv: list[str] | None = None) -> int:
                 _emit(STALE_MARKER, str(stale))
                 print(f"ERROR: {stale}", flush=True)
                 return STALE_EXIT
-            return _run(spec, app, url, script_location, observer)
+            return _run(spec, app, database, observer)
         finally:
             _release(engine, lock)
 
 
-def _run(spec: dict, app: Any, url: Any, script_location: Path, observer: _StepObserver) -> int:
+def _run(spec: dict, app: Any, database: TargetDatabase, observer: _StepObserver) -> int:
     """Run the command on the locked session; report a failure exactly."""
-    if alembic_adapter.env_py_builds_its_engine(script_location):
+    if alembic_adapter.env_py_builds_its_engine(database.script_location):
         os.environ[LOCK_VARIABLE] = lock_table_name(
-            spec.get("version_table") or "alembic_version", spec.get("version_table_schema")
+            database.version_table, database.version_table_schema
         )
     expected_from = spec.get("expected_from")
     planned = spec.get("planned")
     try:
         alembic_adapter.run_command(
+            database,
             app=app,
-            script_location=script_location,
-            url=url,
             operation=spec["operation"],
             target=spec["target"],
-            python_path=[Path(folder) for folder in spec.get("python_path", [])],
-            configure_args=spec.get("configure_args"),
             expected_from=None if expected_from is None else tuple(expected_from),
             planned=None if planned is None else tuple(planned),
             on_steps=observer.steps_known,
@@ -374,7 +362,7 @@ def _run(spec: dict, app: Any, url: Any, script_location: Path, observer: _StepO
         message = str(error).strip()
         if not isinstance(error, MigrationFailed):
             message = f"{type(error).__name__}: {message}".rstrip(": ")
-        message = redact(message, [url])
+        message = redact(message, [database.url])
         print(f"ERROR: {message}", flush=True)
         _emit(FAILURE_MARKER, observer.failure(message))
         return 1
