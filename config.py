@@ -22,6 +22,17 @@ def _float(name: str, default: float) -> float | str:
         return raw
 
 
+def _int(name: str, default: int) -> int | str:
+    """Read a whole number from the environment; a bad value is kept as text to be reported."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        return raw
+
+
 class Config:
     SECRET_KEY = os.environ.get("SECRET_KEY", INSECURE_SECRET_KEY)
     # None means "dashboard.db in the instance folder"; the factory fills it in.
@@ -39,6 +50,10 @@ class Config:
     JOB_STALE_SECONDS = _float("DASHBOARD_JOB_STALE", 30.0)
     # Hours a rollout may wait for approval and execution before it expires; 0 = never.
     ROLLOUT_LIFETIME_HOURS = _float("DASHBOARD_ROLLOUT_LIFETIME_HOURS", 72.0)
+    # Bytes a request may carry; a bigger one is refused (413) before it is read or stored.
+    MAX_CONTENT_LENGTH = _int("DASHBOARD_MAX_CONTENT_LENGTH", 1024 * 1024)
+    # Werkzeug's own bound on a form's fields in memory (500 kB by default) follows it.
+    MAX_FORM_MEMORY_SIZE = MAX_CONTENT_LENGTH
     # Supervising threads in each web process.
     JOB_WORKERS = 4
     # An append-only file that gets every committed audit head (SEQ:HASH), which

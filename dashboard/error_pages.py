@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, render_template, request
-from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from dashboard.errors import DashboardError
 from dashboard.extensions import db
@@ -23,6 +23,7 @@ _TITLES = {
     403: "You may not do that",
     404: "Not found",
     405: "That is not allowed here",
+    413: "That is too large",
     500: "Something went wrong",
 }
 
@@ -43,15 +44,31 @@ def _render(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template(template, status=status, title=title, message=message), status
 
 
-def handle_http_error(error: HTTPException) -> tuple[str, int]:
+def handle_http_error(error: HTTPException) -> Response:
     status = error.code or 500
     title = _TITLES.get(status, error.name)
     message = error.description or ""
     if status == 404 and message == HTTPException.description:
         message = ""
+    if isinstance(error, RequestEntityTooLarge):
+        message = _too_large_message()
     if isinstance(error, InternalServerError):
         message = "The dashboard hit an unexpected error. It has been logged."
-    return _render(status, title, message or "There is nothing at this address.")
+    body, status = _render(status, title, message or "There is nothing at this address.")
+    response = Response(body, status=status)
+    if isinstance(error, RequestEntityTooLarge) and is_htmx_request():
+        # Whichever form sent it, the refusal belongs in the page's main area.
+        return into_main(response)
+    return response
+
+
+def _too_large_message() -> str:
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    bound = f" (at most {limit / 1024:,.0f} KiB)" if isinstance(limit, int) else ""
+    return (
+        f"The request is larger than this dashboard accepts{bound}. Nothing was saved: "
+        "shorten what you typed and send it again."
+    )
 
 
 def shows_errors_with(page: ErrorPage) -> Callable[[F], F]:
@@ -82,7 +99,7 @@ def handle_domain_error(error: DashboardError) -> Response:
     return into_main(response) if is_htmx_request() else response
 
 
-def handle_unexpected(error: Exception) -> tuple[str, int]:
+def handle_unexpected(error: Exception) -> Response:
     logger.exception("unhandled error", exc_info=error)
     return handle_http_error(InternalServerError())
 

@@ -85,6 +85,12 @@ class UserError(DashboardError):
     status = 400
 
 
+class FieldTooLong(DashboardError):
+    """A field someone sent is longer than its limit (the message names both)."""
+
+    status = 400
+
+
 class JobRefused(DashboardError):
     """A job cannot be started as asked (a rule, a stale plan, nothing to do)."""
 

@@ -28,6 +28,7 @@ def outcome(anonymous, viewer, operator=None, approver=None, admin=None):
 
 
 VIEWER_PAGE = outcome(302, 200)
+OPERATOR_PAGE = outcome(302, 403, 200)
 ADMIN_ONLY = outcome(302, 403, 403, 403, 200)
 ADMIN_ACTION = outcome(302, 403, 403, 403, 302)
 
@@ -59,15 +60,16 @@ MATRIX = {
     ("jobs.start", "POST"): outcome(302, 403, 409),  # not the plan dev has now: refused
     ("jobs.cancel", "POST"): outcome(302, 403, 409),  # only a queued job can be cancelled
     ("diffs.diff", "GET"): VIEWER_PAGE,
-    ("diffs.schema", "GET"): VIEWER_PAGE,
-    ("diffs.rehearsal", "GET"): VIEWER_PAGE,
+    # Scratch work (schema diffs, rehearsals, drift checks, live comparisons) needs an operator.
+    ("diffs.schema", "GET"): OPERATOR_PAGE,
+    ("diffs.rehearsal", "GET"): OPERATOR_PAGE,
     ("diffs.sql_file", "GET"): VIEWER_PAGE,
     ("drift.index", "GET"): VIEWER_PAGE,
-    ("drift.check", "POST"): outcome(302, 303),
-    ("drift.compare", "GET"): VIEWER_PAGE,
+    ("drift.check", "POST"): outcome(302, 403, 303),
+    ("drift.compare", "GET"): OPERATOR_PAGE,
     ("rollouts.index", "GET"): VIEWER_PAGE,
     ("rollouts.rollout", "GET"): outcome(302, 404),  # no such rollout, once signed in
-    ("rollouts.schema", "GET"): outcome(302, 404),
+    ("rollouts.schema", "GET"): outcome(302, 403, 404),
     ("rollouts.new", "GET"): outcome(302, 403, 200),
     ("rollouts.create", "POST"): outcome(302, 403, 409),  # dev is not protected
     ("rollouts.approve", "POST"): outcome(302, 403, 403, 404),

@@ -241,7 +241,8 @@ def test_operator_upgrades_staging_and_watches_the_log(page, live_server, demo_p
 def test_production_diff_shows_warning_schema_diff_and_downloads_sql(
     page, live_server, demo_passwords
 ):
-    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
+    # Scratch databases: an operator's work (issue 13).
+    sign_in(page, live_server, "operator", demo_passwords["operator"])
     page.get_by_role("link", name="production").click()
     page.wait_for_url("**/environments/production")
     page.get_by_role("link", name="Full diff: schema changes, rehearsal, SQL file").click()
@@ -368,7 +369,8 @@ def test_drift_check_finds_a_hand_made_column_and_compares_environments(
         f"sqlite:///{demo_folder / 'demo' / 'staging.db'}",
         "ALTER TABLE customer ADD COLUMN nickname VARCHAR(40)",
     )
-    sign_in(page, live_server, "viewer", demo_passwords["viewer"])
+    # Scratch databases: an operator's work (issue 13).
+    sign_in(page, live_server, "operator", demo_passwords["operator"])
     page.get_by_role("link", name="Drift", exact=True).click()
     page.wait_for_url("**/drift")
     assert page.locator('tr[data-drift="not_checked"]').count() == 3

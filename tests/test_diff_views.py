@@ -37,8 +37,9 @@ def test_production_diff_shows_steps_warnings_and_offline_flags(demo_client):
     assert 'href="/environments/production/diff.sql?' in html
 
 
-def test_schema_diff_of_the_production_upgrade_lists_exactly_the_changes(demo_client):
-    response = demo_client.get("/environments/production/diff/schema", headers=HX)
+def test_schema_diff_of_the_production_upgrade_lists_exactly_the_changes(clients):
+    # A schema diff builds scratch databases: an operator's work (issue 13).
+    response = clients["operator"].get("/environments/production/diff/schema", headers=HX)
     html = response.get_data(as_text=True)
 
     assert response.status_code == 200
@@ -75,14 +76,14 @@ def test_the_sql_file_downloads_every_step(demo_client):
     assert "-- warning: " in text and "legacy_username" in text
 
 
-def test_a_diff_between_two_revisions_on_the_environments_dialect(demo_client):
+def test_a_diff_between_two_revisions_on_the_environments_dialect(demo_client, clients):
     html = demo_client.get(
         f"/environments/dev/diff?from={ADD_DISPLAY_NAME}&to={DROP_USERNAME}"
     ).get_data(as_text=True)
     assert rows_of(html, "data-revision") == [BACKFILL, DROP_USERNAME]
     assert f"Diff {ADD_DISPLAY_NAME} → {DROP_USERNAME}" in html
 
-    schema = demo_client.get(
+    schema = clients["operator"].get(
         f"/environments/dev/diff/schema?from={ADD_DISPLAY_NAME}&to={DROP_USERNAME}", headers=HX
     ).get_data(as_text=True)
     assert re.findall(r'class="change (\w+)" data-kind="(\w+)"', schema) == [("dropped", "column")]
@@ -112,7 +113,9 @@ def test_drift_is_not_checked_until_asked_then_none(demo_app, clients):
     overview = viewer.get("/").get_data(as_text=True)
     assert overview.count("drift not checked") == 3
 
-    response = Auth(viewer).post("/drift/check", {"environment": "staging"}, headers=HX)
+    response = Auth(clients["operator"]).post(
+        "/drift/check", {"environment": "staging"}, headers=HX
+    )
     html = response.get_data(as_text=True)
     assert response.status_code == 200
     assert re.findall(r'data-env="staging" data-drift="(\w+)"', html) == ["none"]
@@ -126,7 +129,7 @@ def test_a_hand_made_column_and_index_show_as_drift(demo_app, demo_folder, clien
         "CREATE INDEX ix_customer_nickname ON customer (nickname)",
     )
     viewer = clients["viewer"]
-    html = Auth(viewer).post("/drift/check", headers=HX).get_data(as_text=True)
+    html = Auth(clients["operator"]).post("/drift/check", headers=HX).get_data(as_text=True)
 
     assert re.findall(r'data-env="(\w+)" data-drift="(\w+)"', html) == [
         ("dev", "none"),
@@ -149,7 +152,7 @@ def test_a_hand_made_column_and_index_show_as_drift(demo_app, demo_folder, clien
 
 
 def test_drift_check_without_javascript_redirects_back(clients):
-    response = Auth(clients["viewer"]).post("/drift/check", {"environment": "dev"})
+    response = Auth(clients["operator"]).post("/drift/check", {"environment": "dev"})
     assert response.status_code == 303
     assert response.headers["Location"].endswith("/drift")
     assert 'data-env="dev" data-drift="none"' in clients["viewer"].get("/drift").get_data(
@@ -158,18 +161,19 @@ def test_drift_check_without_javascript_redirects_back(clients):
 
 
 def test_drift_check_needs_a_csrf_token(clients):
-    response = clients["viewer"].post("/drift/check", data={"environment": "dev"})
+    response = clients["operator"].post("/drift/check", data={"environment": "dev"})
     assert response.status_code == 400
     assert 'data-drift="not_checked"' in clients["viewer"].get("/drift").get_data(as_text=True)
 
 
 def test_compare_staging_with_production_lists_what_differs(clients):
-    html = clients["viewer"].get("/drift/compare?a=staging&b=production").get_data(as_text=True)
+    operator = clients["operator"]
+    html = operator.get("/drift/compare?a=staging&b=production").get_data(as_text=True)
     changes = set(re.findall(r'class="change (\w+)" data-kind="(\w+)" data-table="(\w+)"', html))
     # production is three revisions further behind than staging.
     assert ("added", "column", "customer") in changes  # legacy_username still in production
     assert ("dropped", "column", "customer") in changes  # display_name only in staging
-    same = clients["viewer"].get("/drift/compare?a=dev&b=dev").get_data(as_text=True)
+    same = operator.get("/drift/compare?a=dev&b=dev").get_data(as_text=True)
     assert "Pick two different environments" in same
 
 

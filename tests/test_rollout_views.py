@@ -167,7 +167,7 @@ def test_the_rollout_schema_diff_lists_the_dropped_column(demo_app, people):
     upgrade_with_a_job(demo_app, "staging")
     rollout_id = request_production(people["operator"])
     html = (
-        people["viewer"]
+        people["operator"]  # scratch databases: an operator's work (issue 13)
         .get(f"/rollouts/{rollout_id}/schema", headers={"HX-Request": "true"})
         .get_data(as_text=True)
     )

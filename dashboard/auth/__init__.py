@@ -25,11 +25,15 @@ login_manager.login_message_category = "info"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def role_required(role: Role) -> Callable[[F], F]:
-    """Let through signed-in users whose role includes `role`; 403 for the others.
+def role_required(role: Role, *, why: str | None = None) -> Callable[[F], F]:
+    """Let through signed-in users whose role includes `role`; 403 for the others, saying `why`
+    the route needs it when given.
 
     A refused change (POST) is audited; a refused read is logged, so that a GET never writes.
     """
+    refusal = f"This needs the {role.value} role or higher."
+    if why:
+        refusal = f"{why}: this needs the {role.value} role or higher."
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -57,7 +61,7 @@ def role_required(role: Role) -> Callable[[F], F]:
                             "path": request.path,
                         },
                     )
-                abort(403, description=f"This needs the {role.value} role or higher.")
+                abort(403, description=refusal)
             return view(*args, **kwargs)
 
         wrapper.required_role = role  # type: ignore[attr-defined]

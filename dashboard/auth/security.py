@@ -1,4 +1,5 @@
-"""Security headers, CSRF, and the rule that every page needs a signed-in user."""
+"""Security headers, CSRF, bounds on what a request may carry, and the rule that every page
+needs a signed-in user (whose session still has its row in the store)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from flask import Flask, Response, flash, redirect, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
+from dashboard import limits
 from dashboard.auth import login_manager
+from dashboard.errors import ConfigurationError
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI, is_htmx_request
 from dashboard.users import service as users
 
@@ -43,9 +46,12 @@ def content_security_policy(htmx_url: str) -> str:
 
 def init_app(app: Flask) -> None:
     """Turn on CSRF checks, the sign-in requirement and the security headers."""
+    _check_max_content_length(app)
     csrf.init_app(app)
     login_manager.init_app(app)
     policy = content_security_policy(app.config["HTMX_URL"])
+    # Forms show the same limits as `maxlength`, a courtesy: the server enforces them.
+    app.add_template_global(limits.FIELD_LIMITS, "field_limits")
 
     @login_manager.unauthorized_handler
     def unauthorized():
@@ -68,6 +74,12 @@ def init_app(app: Flask) -> None:
             return login_manager.unauthorized()
         return None
 
+    @app.before_request
+    def bound_posted_fields():
+        # After the CSRF check and the sign-in rule: only a real form of ours gets this far.
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            limits.check_fields(request.form.items(multi=True))
+
     @app.after_request
     def security_headers(response: Response) -> Response:
         response.headers.setdefault("Content-Security-Policy", policy)
@@ -77,3 +89,12 @@ def init_app(app: Flask) -> None:
         if current_user and current_user.is_authenticated:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+def _check_max_content_length(app: Flask) -> None:
+    """Refuse a MAX_CONTENT_LENGTH that is not a positive number of bytes, naming the setting."""
+    value = app.config.get("MAX_CONTENT_LENGTH")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(
+            f"DASHBOARD_MAX_CONTENT_LENGTH must be a positive number of bytes, not {value!r}"
+        )

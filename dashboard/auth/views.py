@@ -8,10 +8,9 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required, login_user, logout_user
 
-from dashboard.audit import service as audit
 from dashboard.error_pages import shows_errors_with
 from dashboard.errors import DashboardError
-from dashboard.extensions import db
+from dashboard.limits import limit_of
 from dashboard.users import service as users
 
 bp = Blueprint("auth", __name__)
@@ -30,10 +29,12 @@ def safe_next(target: str | None) -> str:
 
 def _login_with_error(error: DashboardError) -> str:
     """The sign-in form again, with the username as typed and why it did not work."""
+    username = request.form.get("username", "")
     return render_template(
         "auth/login.html",
         next_url=request.values.get("next"),
-        username=request.form.get("username", ""),
+        # An over-long name is not echoed back: the refusal says how long it was.
+        username=username if len(username) <= limit_of("username") else "",
         error=str(error),
     )
 
@@ -59,9 +60,8 @@ def login() -> ResponseReturnValue:
 @bp.post("/logout")
 @login_required
 def logout() -> ResponseReturnValue:
-    """Sign out of this session."""
-    audit.record(action="logout", actor=current_user, details={"outcome": "signed out"})
-    db.session.commit()
+    """Sign out: this session's row goes, so a copy of its cookie opens nothing any more."""
+    users.sign_out(user=current_user._get_current_object())
     logout_user()
     flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
@@ -88,7 +88,5 @@ def account() -> ResponseReturnValue:
         current_password=request.form.get("current_password", ""),
         new_password=new_password,
     )
-    # The token rotated: sign this session in again with the new one.
-    login_user(current_user._get_current_object())
     flash("Your password is changed. Other sessions are signed out.", "info")
     return redirect(url_for("auth.account"))

@@ -19,6 +19,16 @@ from dashboard.users.models import Role
 
 bp = Blueprint("diffs", __name__)
 
+# Why a viewer may read a plan and its SQL, but not build scratch databases for it.
+SCHEMA_DIFF_NEEDS = (
+    "A schema diff builds two scratch databases on the environment's server and runs the "
+    "migration scripts there"
+)
+REHEARSAL_NEEDS = (
+    "A rehearsal builds a scratch database on the environment's server and runs the plan's "
+    "scripts there"
+)
+
 
 def _request_args() -> dict[str, str]:
     """The plan the request asks for: an upgrade/downgrade target, or two revisions."""
@@ -71,7 +81,7 @@ def diff(name: str) -> ResponseReturnValue:
 
 
 @bp.get("/environments/<name>/diff/schema")
-@role_required(Role.VIEWER)
+@role_required(Role.OPERATOR, why=SCHEMA_DIFF_NEEDS)
 def schema(name: str) -> ResponseReturnValue:
     """The schema diff of a plan: built at both ends in scratch databases and compared."""
     environment = environment_or_404(name)
@@ -88,7 +98,7 @@ def schema(name: str) -> ResponseReturnValue:
 
 
 @bp.get("/environments/<name>/diff/rehearsal")
-@role_required(Role.VIEWER)
+@role_required(Role.OPERATOR, why=REHEARSAL_NEEDS)
 def rehearsal(name: str) -> ResponseReturnValue:
     """Run the plan on a scratch copy at the starting revision and show what really ran."""
 

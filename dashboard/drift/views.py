@@ -17,6 +17,12 @@ from dashboard.users.models import Role
 
 bp = Blueprint("drift", __name__)
 
+# Why a viewer may read drift reports but not make them.
+CHECK_NEEDS = (
+    "A drift check builds a scratch database on the environment's server and runs the "
+    "migration scripts there"
+)
+COMPARE_NEEDS = "A comparison connects to both environments' databases and reads their schemas"
 
 
 def _rows() -> list[tuple[Environment, object]]:
@@ -33,7 +39,7 @@ def index() -> ResponseReturnValue:
 
 
 @bp.post("/drift/check")
-@role_required(Role.VIEWER)
+@role_required(Role.OPERATOR, why=CHECK_NEEDS)
 def check() -> ResponseReturnValue:
     """Check one environment (`environment` in the form) or all of them now."""
     project = get_project()
@@ -47,7 +53,7 @@ def check() -> ResponseReturnValue:
 
 
 @bp.get("/drift/compare")
-@role_required(Role.VIEWER)
+@role_required(Role.OPERATOR, why=COMPARE_NEEDS)
 def compare() -> ResponseReturnValue:
     """Two environments' live schemas side by side: what only one of them has, or differently."""
     project = get_project()

@@ -29,6 +29,7 @@ from dashboard.errors import (
 from dashboard.extensions import db
 from dashboard.jobs.executor import get_executor
 from dashboard.jobs.models import ActiveJob, Job, JobLogLine, JobState
+from dashboard.limits import check_length
 from dashboard.plans.service import build_plan
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.locks import lock_is_free, terminate_sessions
@@ -125,6 +126,7 @@ def request_job(
     this environment, direction, target and plan fingerprint, which the rollout flow
     (dashboard.rollouts.flows) claims in the job's own transaction.
     """
+    check_length("target", target)
     environment = environment_named(environment_name)
     rollout_id = claim.rollout_id if claim is not None else None
     _check_rules(environment=environment, operation=operation, actor=actor, rollout_id=rollout_id)
@@ -133,18 +135,12 @@ def request_job(
     # Plan before touching the store: on SQLite every store transaction holds its write lock.
     project = get_project()
     if operation == "stamp":
+        database = project.database(environment)
         current = alembic_adapter.read_current_revisions(
-            url=environment.url,
-            version_table=environment.version_table,
-            version_table_schema=environment.version_table_schema,
-            timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
+            database, timeout=current_app.config["STATUS_CONNECT_TIMEOUT"]
         )
         try:
-            named = alembic_adapter.resolve_revisions(
-                script_location=project.script_location,
-                text=target,
-                python_path=environment.python_path,
-            )
+            named = alembic_adapter.resolve_revisions(database, target)
         except PlanError as error:
             raise JobRefused(f"Cannot stamp {target}: {error}.") from error
         # A prefix or a branch form becomes the revision it names now; several stay as typed.
@@ -457,20 +453,13 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
         db.session.execute(sa.update(Job).where(Job.id == job_id).values(runner_pid=pid))
         db.session.commit()
 
-    config = app.config
-    options = {
-        "lock_wait": config["JOB_LOCK_WAIT_SECONDS"],
-        "lock_timeout": environment.lock_timeout,
-        "statement_timeout": environment.statement_timeout,
-    }
     with supervision:
         result = run_in_child(
-            environment=environment,
-            script_location=get_project().script_location,
+            get_project().database(environment),
             operation=job.operation,
             target=job.alembic_target,
             on_line=store_line,
-            options=options,
+            lock_wait=app.config["JOB_LOCK_WAIT_SECONDS"],
             on_start=remember_pid,
             expected_from=tuple(job.from_revisions or ()),
             planned=None if job.operation == "stamp" else tuple(job.planned_revisions or ()),
@@ -489,9 +478,7 @@ def _finish(*, job_id: int, result: RunResult, environment: Environment) -> Job:
     try:
         job.to_revisions = list(
             alembic_adapter.read_current_revisions(
-                url=environment.url,
-                version_table=environment.version_table,
-                version_table_schema=environment.version_table_schema,
+                get_project().database(environment),
                 timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
             )
         )

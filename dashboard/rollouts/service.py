@@ -35,6 +35,7 @@ from dashboard.errors import (
 )
 from dashboard.extensions import db
 from dashboard.jobs.models import Job, JobState
+from dashboard.limits import check_length
 from dashboard.plans.service import Plan, build_plan
 from dashboard.rollouts.models import Rollout, RolloutState, RolloutVote, VoteDecision
 from dashboard.target import adapter as alembic_adapter
@@ -272,10 +273,7 @@ def promotion_gate(*, environment: Environment, target_revisions: Iterable[str])
         )
     try:
         current = alembic_adapter.read_current_revisions(
-            url=previous.url,
-            version_table=previous.version_table,
-            version_table_schema=previous.version_table_schema,
-            timeout=_timeout(),
+            project.database(previous), timeout=_timeout()
         )
     except EnvironmentUnreachable as error:
         return (
@@ -313,6 +311,13 @@ def request_rollout(
     refused (RolloutForbidden); from an admin it is used only if the gate actually refuses.
     """
     actor = _signed_in(actor, "request a rollout")
+    for field, value in (
+        ("target", target),
+        ("reason", reason),
+        ("ticket_url", ticket_url),
+        ("override_justification", override_justification),
+    ):
+        check_length(field, value)  # before anything is planned, stored or audited
     environment = environment_named(environment_name)
     _check_requestable(environment=environment, direction=direction, actor=actor)
     reason = (reason or "").strip()
@@ -471,6 +476,7 @@ def _vote(
     *, rollout_id: int, actor: User | None, decision: VoteDecision, comment: str | None
 ) -> Rollout:
     verb = "approve" if decision == VoteDecision.APPROVE else "reject"
+    check_length("comment", comment)
     actor = _signed_in(actor, f"{verb} a rollout")
     if not actor.has_role(Role.APPROVER):
         raise RolloutForbidden(f"Only an approver or an admin may {verb} a rollout.")
@@ -535,6 +541,7 @@ def _vote(
 
 def cancel_rollout(*, rollout_id: int, actor: User | None, comment: str | None = None) -> Rollout:
     """Cancel a pending or approved rollout: its requester or an admin may."""
+    check_length("comment", comment)
     actor = _signed_in(actor, "cancel a rollout")
     rollout = _locked(rollout_id)
     if rollout.requested_by_id != actor.id and not actor.has_role(Role.ADMIN):

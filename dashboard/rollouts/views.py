@@ -8,6 +8,7 @@ from flask_login import current_user
 
 from dashboard.auth import role_required
 from dashboard.diffs.service import steps_schema_diff
+from dashboard.diffs.views import SCHEMA_DIFF_NEEDS
 from dashboard.environments import environment_or_404, get_project
 from dashboard.error_pages import shows_errors_with
 from dashboard.errors import DashboardError
@@ -118,7 +119,7 @@ def rollout(rollout_id: int) -> ResponseReturnValue:
 
 
 @bp.get("/rollouts/<int:rollout_id>/schema")
-@role_required(Role.VIEWER)
+@role_required(Role.OPERATOR, why=SCHEMA_DIFF_NEEDS)
 def schema(rollout_id: int) -> ResponseReturnValue:
     """The schema diff of the rollout's frozen plan."""
     found = _rollout(rollout_id)

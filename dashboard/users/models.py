@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -32,7 +33,14 @@ def _now() -> datetime:
 
 
 def new_session_token() -> str:
-    return secrets.token_hex(16)
+    """Return a new random session token (it travels in the signed session cookie)."""
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    """Return what the store keeps of a session token: its SHA-256, so a copy of the store
+    opens no session."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class User(db.Model):
@@ -43,9 +51,11 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(sa.String(255))
     role: Mapped[str] = mapped_column(sa.String(16), default=Role.VIEWER.value)
     active: Mapped[bool] = mapped_column(default=True)
-    # Part of the Flask-Login id: rotating it signs the user out of every session.
-    session_token: Mapped[str] = mapped_column(sa.String(64), default=new_session_token)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+
+    # The token of the session this request runs under, set at sign-in or when the session
+    # loads; not a column: each session is a row of user_session.
+    session_token = None
 
     # Flask-Login's interface
     @property
@@ -61,6 +71,9 @@ class User(db.Model):
         return False
 
     def get_id(self) -> str:
+        """Return the Flask-Login id: the user and the token of this session's row."""
+        if self.session_token is None:
+            raise RuntimeError(f"{self.username} has no session: sign in through the service")
         return f"{self.id}:{self.session_token}"
 
     @property
@@ -85,3 +98,13 @@ class LoginFailure(db.Model):
     username: Mapped[str] = mapped_column(sa.String(80), index=True)
     remote_addr: Mapped[str] = mapped_column(sa.String(64))
     at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)
+
+
+class UserSession(db.Model):
+    """One signed-in session: it is valid while its row exists; signing out deletes the row."""
+
+    __tablename__ = "user_session"
+
+    token_digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=_now)

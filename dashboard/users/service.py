@@ -1,7 +1,8 @@
-"""Users: creation, roles, passwords, sign-in with throttling. Every change is audited."""
+"""Users: creation, roles, passwords, sign-in with throttling, sessions. Every change is audited."""
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -10,15 +11,33 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask import current_app
 
 from dashboard.audit import service as audit
+from dashboard.clock import as_aware, utcnow
 from dashboard.errors import InvalidCredentials, LoginThrottled, UserError
 from dashboard.extensions import db
-from dashboard.users.models import LoginFailure, Role, User, new_session_token
+from dashboard.limits import check_length
+from dashboard.users.models import (
+    LoginFailure,
+    Role,
+    User,
+    UserSession,
+    new_session_token,
+    token_digest,
+)
 
 _hasher = PasswordHasher()
-# Verifying against this keeps an unknown username as slow as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against for an unknown username, as slow as a wrong password.
+
+    Made on first use, not at import: hashing takes ~0.1 s that no CLI command should pay.
+    """
+    return _hasher.hash(secrets.token_hex(16))
+
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,79}$")
 MIN_PASSWORD_LENGTH = 10
 
@@ -38,6 +57,7 @@ def generate_password() -> str:
 
 
 def _check_password_rules(password: str) -> None:
+    check_length("password", password)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"A password needs at least {MIN_PASSWORD_LENGTH} characters.")
 
@@ -61,18 +81,64 @@ def list_users() -> list[User]:
 
 
 def load_user(session_id: str) -> User | None:
-    """Return the active user for a Flask-Login id ("id:token"); None signs the session out."""
+    """Return the active user of a Flask-Login id ("id:token") whose session row still exists
+    and is younger than the session lifetime; None signs the browser out."""
     user_id, _, token = session_id.partition(":")
     if not user_id.isdigit() or not token:
         return None
-    user = db.session.get(User, int(user_id))
-    if user is None or not user.active or not secrets.compare_digest(user.session_token, token):
+    row = db.session.get(UserSession, token_digest(token))
+    if row is None or row.user_id != int(user_id) or _expired(row):
         return None
+    user = db.session.get(User, row.user_id)
+    if user is None or not user.active:
+        return None
+    user.session_token = token
     return user
+
+
+def _session_lifetime() -> timedelta:
+    # Flask refuses a session cookie older than this too; the row keeps the same bound.
+    return current_app.permanent_session_lifetime
+
+
+def _expired(row: UserSession) -> bool:
+    return as_aware(row.created_at) <= utcnow() - _session_lifetime()
+
+
+def _start_session(user: User) -> None:
+    """Add a session row for `user` (committed with the sign-in) and drop expired ones."""
+    token = new_session_token()
+    db.session.execute(
+        sa.delete(UserSession).where(UserSession.created_at <= utcnow() - _session_lifetime())
+    )
+    db.session.add(UserSession(token_digest=token_digest(token), user_id=user.id))
+    user.session_token = token
+
+
+def _end_sessions(user: User, *, keep: str | None = None) -> None:
+    """Delete `user`'s session rows, all of them or all but the one of token `keep`."""
+    statement = sa.delete(UserSession).where(UserSession.user_id == user.id)
+    if keep is not None:
+        statement = statement.where(UserSession.token_digest != token_digest(keep))
+    db.session.execute(statement)
+
+
+def sign_out(*, user: User) -> None:
+    """End the session `user` is signed in with (its row goes); audit it."""
+    if user.session_token is not None:
+        db.session.execute(
+            sa.delete(UserSession).where(
+                UserSession.token_digest == token_digest(user.session_token)
+            )
+        )
+    audit.record(action="logout", actor=user, details={"outcome": "signed out"})
+    db.session.commit()
+    user.session_token = None
 
 
 def create_user(*, username: str, password: str, role: str | Role, actor: User | None) -> User:
     """Create a user with a hashed password; audit it."""
+    check_length("username", username)
     username = username.strip()
     if not USERNAME_PATTERN.match(username):
         raise UserError(
@@ -127,25 +193,28 @@ def deactivate(*, user: User, actor: User | None) -> None:
     if user.role == Role.ADMIN.value and _active_admins() <= 1:
         raise UserError(f"{user.username} is the last active admin and cannot be deactivated.")
     user.active = False
-    user.session_token = new_session_token()
+    _end_sessions(user)
     audit.record(action="user.deactivated", actor=actor, details={"user": user.username})
     db.session.commit()
 
 
 def sign_out_everywhere(*, user: User, actor: User | None) -> None:
-    """End every session of `user` by rotating their session token."""
-    user.session_token = new_session_token()
+    """End every session of `user`: their session rows go."""
+    _end_sessions(user)
     audit.record(action="user.signed_out_everywhere", actor=actor, details={"user": user.username})
     db.session.commit()
 
 
 def change_password(*, user: User, current_password: str, new_password: str) -> None:
-    """Change a user's own password after checking the current one; other sessions end."""
+    """Change a user's own password after checking the current one; their other sessions end
+    (all of them when `user` is not signed in, as from the CLI)."""
+    check_length("current_password", current_password)
+    check_length("new_password", new_password)
     if not _verify(user.password_hash, current_password):
         raise UserError("The current password is not right.")
     _check_password_rules(new_password)
     user.password_hash = _hasher.hash(new_password)
-    user.session_token = new_session_token()
+    _end_sessions(user, keep=user.session_token)
     audit.record(action="user.password_changed", actor=user, details={"user": user.username})
     db.session.commit()
 
@@ -160,9 +229,12 @@ def _verify(password_hash: str, password: str) -> bool:
 def authenticate(
     *, username: str, password: str, remote_addr: str, policy: ThrottlePolicy | None = None
 ) -> User:
-    """Return the user for these credentials; throttle repeated failures and audit every try."""
+    """Return the user for these credentials, signed in to a new session (`user.get_id()` names
+    it); throttle repeated failures and audit every try."""
+    check_length("username", username)
+    check_length("password", password)
     policy = policy or ThrottlePolicy()
-    username = username.strip()[:80]
+    username = username.strip()
     now = datetime.now(UTC)
     since = now - policy.window
     # The throttle is checked before the password, so a correct guess during cool-down fails too.
@@ -190,7 +262,7 @@ def authenticate(
     user = get_user(username=username)
     if user is None or not user.active or not _verify(user.password_hash, password):
         if user is None:
-            _verify(_DUMMY_HASH, password)
+            _verify(_dummy_hash(), password)
         db.session.add(LoginFailure(username=username, remote_addr=remote_addr, at=now))
         db.session.commit()
         audit.record_alone(
@@ -202,6 +274,7 @@ def authenticate(
         raise InvalidCredentials("The username or password is not right.")
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
+    _start_session(user)
     audit.record(action="login", actor=user, details={"outcome": "signed in"})
     db.session.commit()
     return user
