@@ -238,6 +238,10 @@ def authenticate(
     now = datetime.now(UTC)
     since = now - policy.window
     # The throttle is checked before the password, so a correct guess during cool-down fails too.
+    # Counting and recording are one step under a store lock: this try is recorded as a failure
+    # before its password is checked (and the record dropped if it is right), so concurrent tries
+    # on any number of servers never get more than the limit past the count.
+    _lock_login_throttle()
     checks = (
         (LoginFailure.username == username, policy.per_user_and_address, "for this username"),
         (sa.true(), policy.per_address, "from this address"),
@@ -247,6 +251,8 @@ def authenticate(
         if len(failures) >= limit:
             # Locked until the limit-th newest failure leaves the window.
             retry_after = max(1, int((failures[limit - 1] + policy.window - now).total_seconds()))
+            db.session.rollback()
+            _unlock_login_throttle()
             audit.record_alone(
                 action="login.throttled",
                 actor=None,
@@ -259,12 +265,14 @@ def authenticate(
                 retry_after=retry_after,
             )
 
+    attempt = LoginFailure(username=username, remote_addr=remote_addr, at=now)
+    db.session.add(attempt)
+    db.session.commit()  # ends the lock: the next try counts this one
+    _unlock_login_throttle()
     user = get_user(username=username)
     if user is None or not user.active or not _verify(user.password_hash, password):
         if user is None:
             _verify(_dummy_hash(), password)
-        db.session.add(LoginFailure(username=username, remote_addr=remote_addr, at=now))
-        db.session.commit()
         audit.record_alone(
             action="login.failed",
             actor=None,
@@ -272,12 +280,40 @@ def authenticate(
             details={"username": username, "outcome": "refused"},
         )
         raise InvalidCredentials("The username or password is not right.")
+    db.session.delete(attempt)  # it was not a failure after all
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     _start_session(user)
     audit.record(action="login", actor=user, details={"outcome": "signed in"})
     db.session.commit()
     return user
+
+
+# pg_advisory_xact_lock key of the login throttle (any constant other code does not use).
+_THROTTLE_LOCK_KEY = 0x6C6F67696E  # "login"
+_THROTTLE_LOCK_NAME = "migration_dashboard_login_throttle"
+
+
+def _lock_login_throttle() -> None:
+    """Serialise counting and recording sign-in tries across every process sharing the store."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":  # released when the transaction ends
+        db.session.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_THROTTLE_LOCK_KEY)
+        )
+    elif dialect in ("mysql", "mariadb"):  # a session lock: _unlock_login_throttle lets go
+        db.session.execute(
+            sa.text("SELECT GET_LOCK(:name, 10)").bindparams(name=_THROTTLE_LOCK_NAME)
+        )
+    # SQLite: the store's transactions begin IMMEDIATE, holding its write lock already.
+
+
+def _unlock_login_throttle() -> None:
+    if db.session.get_bind().dialect.name in ("mysql", "mariadb"):
+        db.session.execute(
+            sa.text("SELECT RELEASE_LOCK(:name)").bindparams(name=_THROTTLE_LOCK_NAME)
+        )
+        db.session.commit()
 
 
 def _failure_times(

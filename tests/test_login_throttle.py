@@ -1,0 +1,70 @@
+"""Login throttling holds under concurrency: counting and recording a try is one atomic step,
+whichever of two gunicorn servers on one PostgreSQL store answers (issue 13)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from dashboard.extensions import db
+from dashboard.users.models import LoginFailure
+from tests.conftest import add_user, make_app
+from tests.servers import HttpSession, clean_environ
+
+TRIES = 25
+LIMIT = 5  # ThrottlePolicy.per_user_and_address
+_CSRF_INPUT = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def test_concurrent_wrong_passwords_over_two_servers_check_at_most_the_limit(
+    tmp_path: Path, pg_store, demo_folder: Path, gunicorn
+):
+    store = pg_store.render_as_string(hide_password=False)
+    secret_key = secrets.token_hex(32)
+    app = make_app(demo_folder, SQLALCHEMY_DATABASE_URI=store, SECRET_KEY=secret_key)
+    add_user(app, "vera")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = clean_environ(
+        HOME=str(home),
+        SECRET_KEY=secret_key,
+        DASHBOARD_DATABASE_URL=store,
+        ENVIRONMENTS_FILE=str(demo_folder / "environments.yaml"),
+    )
+    servers = [gunicorn(env, workers=2, threads=4) for _ in range(2)]
+
+    # Each try is its own browser with its own CSRF token, ready before any is sent.
+    browsers = []
+    for number in range(TRIES):
+        server = servers[number % 2]
+        browser = HttpSession()
+        token = _CSRF_INPUT.search(browser.get(server.url("/login")).text).group(1)
+        browsers.append((browser, server, token))
+    start = threading.Barrier(TRIES)
+
+    def try_to_sign_in(entry) -> int:
+        browser, server, token = entry
+        start.wait()
+        form = {"username": "vera", "password": "not-the-password", "csrf_token": token}
+        return browser.post(server.url("/login"), form).status
+
+    with ThreadPoolExecutor(max_workers=TRIES) as pool:
+        statuses = Counter(pool.map(try_to_sign_in, browsers))
+
+    assert not any(status >= 500 for status in statuses), statuses
+    # A wrong password that was checked re-shows the form; a throttled try is 429.
+    assert set(statuses) <= {200, 401, 429}, statuses
+    checked = TRIES - statuses[429]
+    assert checked <= LIMIT, statuses
+    assert statuses[429] >= TRIES - LIMIT
+    with app.app_context():
+        recorded = db.session.scalar(sa.select(sa.func.count()).select_from(LoginFailure))
+    with app.app_context():  # the first context gave its connection back when it ended
+        db.engine.dispose()
+    assert recorded == checked
