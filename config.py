@@ -56,6 +56,9 @@ class Config:
     MAX_FORM_MEMORY_SIZE = MAX_CONTENT_LENGTH
     # Supervising threads in each web process.
     JOB_WORKERS = 4
+    # A pooled store connection that died (a restart, a failover, an idle timeout) is replaced
+    # before use instead of failing the next request.
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     # An append-only file that gets every committed audit head (SEQ:HASH), which
     # `flask dashboard audit verify` checks: deleting the newest events and their checkpoints
     # is still found. Unset: audit-anchors.log in the instance folder; empty: off.

@@ -6,12 +6,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, render_template, request
+import sqlalchemy as sa
+from flask import Flask, Response, current_app, g, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from dashboard.errors import DashboardError
 from dashboard.extensions import db
 from dashboard.htmx import into_main, is_htmx_request
+from dashboard.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,31 @@ def handle_domain_error(error: DashboardError) -> Response:
     return into_main(response) if is_htmx_request() else response
 
 
+def handle_store_unreachable(error: sa.exc.DBAPIError) -> Response:
+    """The dashboard's own store refused or dropped a connection: 503 naming it, never 500.
+
+    Target databases are reached only through dashboard.target, which turns their errors into
+    domain errors; a driver error that reaches this boundary is the store's.
+    """
+    store = db.engine.url
+    reason = redact(" ".join(str(getattr(error, "orig", error)).split()), [store])
+    logger.warning("the store is unreachable: %s", reason)
+    try:
+        db.session.remove()  # give the broken connection back; the pool drops it
+    except sa.exc.SQLAlchemyError:
+        pass
+    # The page must not ask the store who is signed in: show it as to nobody in particular.
+    g._login_user = current_app.login_manager.anonymous_user()
+    where = store.render_as_string(hide_password=True)
+    message = (
+        f"The dashboard's store ({where}) cannot be reached: {reason}. What you asked was not "
+        "done; try again in a moment."
+    )
+    body, status = _render(503, "The store is unreachable", message)
+    response = Response(body, status=status, headers={"Retry-After": "10"})
+    return into_main(response) if is_htmx_request() else response
+
+
 def handle_unexpected(error: Exception) -> Response:
     logger.exception("unhandled error", exc_info=error)
     return handle_http_error(InternalServerError())
@@ -108,5 +135,7 @@ def init_app(app: Flask) -> None:
     """Register the handlers."""
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(DashboardError, handle_domain_error)
+    for lost in (sa.exc.OperationalError, sa.exc.InterfaceError):
+        app.register_error_handler(lost, handle_store_unreachable)
     if not app.testing:
         app.register_error_handler(Exception, handle_unexpected)

@@ -230,10 +230,13 @@ class HttpSession:
         url: str,
         form: Mapping[str, str] | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
     ) -> Reply:
         """Send one request (a form POST when `form` is given) and return the answer."""
         body = urllib.parse.urlencode(form).encode() if form is not None else None
-        outgoing = urllib.request.Request(url, data=body, method=method)
+        outgoing = urllib.request.Request(
+            url, data=body, method=method, headers=dict(headers or {})
+        )
         try:
             with self._opener.open(outgoing, timeout=timeout) as response:
                 return Reply(response.status, response.headers.get("Location"), _text(response))

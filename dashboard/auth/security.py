@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, flash, redirect, request, url_for
+from flask import Flask, Response, flash, g, redirect, request, url_for
 from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
@@ -86,7 +86,10 @@ def init_app(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        if current_user and current_user.is_authenticated:
+        # Whoever the request loaded; asking current_user here would query the store again,
+        # after the error handlers, where a store outage could only become a bare 500.
+        user = g.get("_login_user")
+        if user is not None and user.is_authenticated:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
