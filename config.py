@@ -59,6 +59,12 @@ class Config:
     # A pooled store connection that died (a restart, a failover, an idle timeout) is replaced
     # before use instead of failing the next request.
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    # Rehearsals, drift checks and schema diffs a person may start, over every server: the
+    # count lives in Redis when REDIS_URL is set (else in each process's memory).
+    EXPENSIVE_WORK_LIMIT = os.environ.get("DASHBOARD_EXPENSIVE_WORK_LIMIT", "20 per minute")
+    RATELIMIT_STORAGE_URI = os.environ.get("REDIS_URL") or "memory://"
+    RATELIMIT_KEY_PREFIX = os.environ.get("DASHBOARD_RATELIMIT_KEY_PREFIX", "migration-dashboard")
+    RATELIMIT_HEADERS_ENABLED = True
     # An append-only file that gets every committed audit head (SEQ:HASH), which
     # `flask dashboard audit verify` checks: deleting the newest events and their checkpoints
     # is still found. Unset: audit-anchors.log in the instance folder; empty: off.
@@ -77,6 +83,8 @@ class DevelopmentConfig(Config):
 class TestingConfig(Config):
     TESTING = True
     SECRET_KEY = "testing-secret-key"
+    # Tests of the limit set their own; the others never meet it.
+    EXPENSIVE_WORK_LIMIT = "10000 per minute"
     # Tests that check anchoring give each app its own file; the rest anchor nowhere.
     AUDIT_ANCHOR_FILE = os.environ.get("DASHBOARD_AUDIT_ANCHOR_FILE", "")
 

@@ -39,7 +39,7 @@ def create_app(
     from dashboard.diffs.views import bp as diffs_bp
     from dashboard.drift.views import bp as drift_bp
     from dashboard.environments.views import bp as environments_bp
-    from dashboard.extensions import db, migrate
+    from dashboard.extensions import db, limiter, migrate
     from dashboard.history.views import bp as history_bp
     from dashboard.jobs import service as jobs_service
     from dashboard.jobs import views as jobs_views
@@ -58,6 +58,7 @@ def create_app(
     assert models.User is not None  # every table registered before Flask-Migrate looks
     db.init_app(app)
     migrate.init_app(app, db, directory=str(STORE_MIGRATIONS))
+    limiter.init_app(app)
     environments.init_app(app)
     cli.init_app(app)
     rollouts_cli.init_app(app)

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, g, render_template, request
+from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 
 from dashboard.errors import DashboardError
@@ -26,6 +27,7 @@ _TITLES = {
     404: "Not found",
     405: "That is not allowed here",
     413: "That is too large",
+    429: "Too many requests",
     500: "Something went wrong",
 }
 
@@ -54,6 +56,11 @@ def handle_http_error(error: HTTPException) -> Response:
         message = ""
     if isinstance(error, RequestEntityTooLarge):
         message = _too_large_message()
+    if isinstance(error, RateLimitExceeded):
+        message = (
+            "Rehearsals, drift checks and schema diffs build scratch databases, so each person "
+            f"may start {error.description} of them. Nothing was started: try again shortly."
+        )
     if isinstance(error, InternalServerError):
         message = "The dashboard hit an unexpected error. It has been logged."
     body, status = _render(status, title, message or "There is nothing at this address.")

@@ -12,6 +12,7 @@ from dashboard.diffs import service as diffs
 from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
+from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
 from dashboard.plans.rehearsal import rehearse
 from dashboard.plans.service import Plan, build_plan
@@ -82,6 +83,7 @@ def diff(name: str) -> ResponseReturnValue:
 
 @bp.get("/environments/<name>/diff/schema")
 @role_required(Role.OPERATOR, why=SCHEMA_DIFF_NEEDS)
+@expensive_work
 def schema(name: str) -> ResponseReturnValue:
     """The schema diff of a plan: built at both ends in scratch databases and compared."""
     environment = environment_or_404(name)
@@ -99,6 +101,7 @@ def schema(name: str) -> ResponseReturnValue:
 
 @bp.get("/environments/<name>/diff/rehearsal")
 @role_required(Role.OPERATOR, why=REHEARSAL_NEEDS)
+@expensive_work
 def rehearsal(name: str) -> ResponseReturnValue:
     """Run the plan on a scratch copy at the starting revision and show what really ran."""
 

@@ -11,6 +11,7 @@ from dashboard.drift import service as drift
 from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
+from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
 from dashboard.schema import compare_live
 from dashboard.users.models import Role
@@ -40,6 +41,7 @@ def index() -> ResponseReturnValue:
 
 @bp.post("/drift/check")
 @role_required(Role.OPERATOR, why=CHECK_NEEDS)
+@expensive_work
 def check() -> ResponseReturnValue:
     """Check one environment (`environment` in the form) or all of them now."""
     project = get_project()
@@ -54,6 +56,7 @@ def check() -> ResponseReturnValue:
 
 @bp.get("/drift/compare")
 @role_required(Role.OPERATOR, why=COMPARE_NEEDS)
+@expensive_work
 def compare() -> ResponseReturnValue:
     """Two environments' live schemas side by side: what only one of them has, or differently."""
     project = get_project()

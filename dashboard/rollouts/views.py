@@ -12,6 +12,7 @@ from dashboard.diffs.views import SCHEMA_DIFF_NEEDS
 from dashboard.environments import environment_or_404, get_project
 from dashboard.error_pages import shows_errors_with
 from dashboard.errors import DashboardError
+from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
 from dashboard.plans.service import build_plan
 from dashboard.rollouts import flows, policy
@@ -120,6 +121,7 @@ def rollout(rollout_id: int) -> ResponseReturnValue:
 
 @bp.get("/rollouts/<int:rollout_id>/schema")
 @role_required(Role.OPERATOR, why=SCHEMA_DIFF_NEEDS)
+@expensive_work
 def schema(rollout_id: int) -> ResponseReturnValue:
     """The schema diff of the rollout's frozen plan."""
     found = _rollout(rollout_id)
