@@ -56,6 +56,22 @@ def clean_environ(**settings: str) -> dict[str, str]:
     return env
 
 
+def server_environ(
+    tmp_path: Path, *, store: str, environments: Path, secret_key: str, **settings: str
+) -> dict[str, str]:
+    """The environment of a dashboard server on `store`: a clean environment with a HOME of its
+    own under `tmp_path`, the shared SECRET_KEY (sessions, audit checkpoints), then `settings`."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return clean_environ(
+        HOME=str(home),
+        SECRET_KEY=secret_key,
+        DASHBOARD_DATABASE_URL=store,
+        ENVIRONMENTS_FILE=str(environments),
+        **settings,
+    )
+
+
 def group_is_gone(pgid: int) -> bool:
     """True when no process is left in the process group."""
     try:

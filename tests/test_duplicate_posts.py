@@ -31,7 +31,7 @@ from tests.conftest import (
     versions,
     write_environments,
 )
-from tests.servers import HttpSession, Reply, Server, clean_environ
+from tests.servers import HttpSession, Reply, Server, server_environ
 
 OPERATOR = "olga"
 PLAN = ["r00", "r01", "r02"]
@@ -91,14 +91,12 @@ def site(
     store_app = make_app(folder, SQLALCHEMY_DATABASE_URI=store, SECRET_KEY=secret_key)
     upgrade_store(store_app)
     add_user(store_app, OPERATOR, "operator")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = clean_environ(
-        HOME=str(home),
+    env = server_environ(
+        tmp_path,
+        store=store,
+        environments=environments,
+        secret_key=secret_key,
         DASHBOARD_CONFIG="production",
-        SECRET_KEY=secret_key,
-        DASHBOARD_DATABASE_URL=store,
-        ENVIRONMENTS_FILE=str(environments),
     )
     servers = [gunicorn(env, workers=2, threads=4) for _ in range(2)]
     yield Site(servers=servers, store=pg_store, target=target, store_app=store_app)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from dashboard.extensions import db
 from dashboard.users.models import LoginFailure
 from tests.conftest import add_user, make_app
-from tests.servers import HttpSession, clean_environ
+from tests.servers import HttpSession, server_environ
 
 TRIES = 25
 LIMIT = 5  # ThrottlePolicy.per_user_and_address
@@ -29,13 +29,8 @@ def test_concurrent_wrong_passwords_over_two_servers_check_at_most_the_limit(
     secret_key = secrets.token_hex(32)
     app = make_app(demo_folder, SQLALCHEMY_DATABASE_URI=store, SECRET_KEY=secret_key)
     add_user(app, "vera")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = clean_environ(
-        HOME=str(home),
-        SECRET_KEY=secret_key,
-        DASHBOARD_DATABASE_URL=store,
-        ENVIRONMENTS_FILE=str(demo_folder / "environments.yaml"),
+    env = server_environ(
+        tmp_path, store=store, environments=demo_folder / "environments.yaml", secret_key=secret_key
     )
     servers = [gunicorn(env, workers=2, threads=4) for _ in range(2)]
 

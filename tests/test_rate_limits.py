@@ -11,7 +11,7 @@ import redis
 from dashboard.drift.models import DriftCheck
 from dashboard.extensions import db
 from tests.conftest import TEST_PASSWORD, Auth, add_user, make_app
-from tests.servers import HttpSession, clean_environ
+from tests.servers import HttpSession, server_environ
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -53,13 +53,11 @@ def test_with_redis_the_count_is_shared_by_two_servers(
     prefix = f"dashboard-test-{secrets.token_hex(6)}"
     app = make_app(demo_folder)
     add_user(app, "olga", "operator")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = clean_environ(
-        HOME=str(home),
-        SECRET_KEY=secrets.token_hex(32),
-        DASHBOARD_DATABASE_URL=app.config["SQLALCHEMY_DATABASE_URI"],
-        ENVIRONMENTS_FILE=str(demo_folder / "environments.yaml"),
+    env = server_environ(
+        tmp_path,
+        store=app.config["SQLALCHEMY_DATABASE_URI"],
+        environments=demo_folder / "environments.yaml",
+        secret_key=secrets.token_hex(32),
         REDIS_URL=REDIS_URL,
         DASHBOARD_RATELIMIT_KEY_PREFIX=prefix,
         DASHBOARD_EXPENSIVE_WORK_LIMIT="3 per minute",

@@ -20,7 +20,7 @@ from dashboard.clock import utcnow
 from dashboard.extensions import db
 from dashboard.users.models import UserSession
 from tests.conftest import TEST_PASSWORD, Auth, DatabaseFactory, add_user, make_app
-from tests.servers import HttpSession, Server, clean_environ
+from tests.servers import HttpSession, Server, server_environ
 
 BEFORE_SESSIONS = "9b1f3c5d7e20"  # the store revision before user_session
 
@@ -238,14 +238,12 @@ def two_servers(tmp_path: Path, pg_store: URL, demo_folder: Path, gunicorn) -> I
     secret_key = secrets.token_hex(32)
     app = make_app(demo_folder, SQLALCHEMY_DATABASE_URI=store, SECRET_KEY=secret_key)
     add_user(app, "vera")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = clean_environ(
-        HOME=str(home),
+    env = server_environ(
+        tmp_path,
+        store=store,
+        environments=demo_folder / "environments.yaml",
+        secret_key=secret_key,
         DASHBOARD_CONFIG="production",
-        SECRET_KEY=secret_key,
-        DASHBOARD_DATABASE_URL=store,
-        ENVIRONMENTS_FILE=str(demo_folder / "environments.yaml"),
     )
     servers = [gunicorn(env, workers=2, threads=4) for _ in range(2)]
     yield servers

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 
 from dashboard.extensions import db
 from tests.conftest import TEST_PASSWORD, add_user, make_app
-from tests.servers import HttpSession, clean_environ
+from tests.servers import HttpSession, server_environ
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PAGES = ["/", "/jobs", "/rollouts", "/history", "/audit", "/environments/dev", "/account"]
@@ -50,13 +50,8 @@ def test_a_store_outage_answers_503_everywhere_and_passes(
     add_user(app, "vera")
     with app.app_context():
         db.engine.dispose()
-    home = tmp_path / "home"
-    home.mkdir()
-    env = clean_environ(
-        HOME=str(home),
-        SECRET_KEY=secret_key,
-        DASHBOARD_DATABASE_URL=store,
-        ENVIRONMENTS_FILE=str(demo_folder / "environments.yaml"),
+    env = server_environ(
+        tmp_path, store=store, environments=demo_folder / "environments.yaml", secret_key=secret_key
     )
     servers = [gunicorn(env, workers=2, threads=4) for _ in range(2)]
     signed_in = HttpSession()
