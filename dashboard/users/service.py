@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -241,34 +243,36 @@ def authenticate(
     # Counting and recording are one step under a store lock: this try is recorded as a failure
     # before its password is checked (and the record dropped if it is right), so concurrent tries
     # on any number of servers never get more than the limit past the count.
-    _lock_login_throttle()
-    checks = (
-        (LoginFailure.username == username, policy.per_user_and_address, "for this username"),
-        (sa.true(), policy.per_address, "from this address"),
-    )
-    for condition, limit, scope in checks:
-        failures = _failure_times(since=since, condition=condition, remote_addr=remote_addr)
-        if len(failures) >= limit:
-            # Locked until the limit-th newest failure leaves the window.
-            retry_after = max(1, int((failures[limit - 1] + policy.window - now).total_seconds()))
-            db.session.rollback()
-            _unlock_login_throttle()
-            audit.record_alone(
-                action="login.throttled",
-                actor=None,
-                actor_name=username,
-                details={"username": username, "outcome": "refused", "failures": len(failures)},
-            )
-            raise LoginThrottled(
-                f"Too many failed sign-ins {scope}. Try again in "
-                f"{max(1, round(retry_after / 60))} minutes.",
-                retry_after=retry_after,
-            )
-
-    attempt = LoginFailure(username=username, remote_addr=remote_addr, at=now)
-    db.session.add(attempt)
-    db.session.commit()  # ends the lock: the next try counts this one
-    _unlock_login_throttle()
+    with _login_throttle_lock():
+        checks = (
+            (LoginFailure.username == username, policy.per_user_and_address, "for this username"),
+            (sa.true(), policy.per_address, "from this address"),
+        )
+        for condition, limit, scope in checks:
+            failures = _failure_times(since=since, condition=condition, remote_addr=remote_addr)
+            if len(failures) >= limit:
+                # Locked until the limit-th newest failure leaves the window.
+                retry_after = max(
+                    1, int((failures[limit - 1] + policy.window - now).total_seconds())
+                )
+                audit.record_alone(
+                    action="login.throttled",
+                    actor=None,
+                    actor_name=username,
+                    details={
+                        "username": username,
+                        "outcome": "refused",
+                        "failures": len(failures),
+                    },
+                )
+                raise LoginThrottled(
+                    f"Too many failed sign-ins {scope}. Try again in "
+                    f"{max(1, round(retry_after / 60))} minutes.",
+                    retry_after=retry_after,
+                )
+        attempt = LoginFailure(username=username, remote_addr=remote_addr, at=now)
+        db.session.add(attempt)
+        db.session.commit()  # the next try, once it has the lock, counts this one
     user = get_user(username=username)
     if user is None or not user.active or not _verify(user.password_hash, password):
         if user is None:
@@ -294,26 +298,35 @@ _THROTTLE_LOCK_KEY = 0x6C6F67696E  # "login"
 _THROTTLE_LOCK_NAME = "migration_dashboard_login_throttle"
 
 
-def _lock_login_throttle() -> None:
-    """Serialise counting and recording sign-in tries across every process sharing the store."""
+@contextmanager
+def _login_throttle_lock() -> Iterator[None]:
+    """Serialise counting and recording sign-in tries across every process sharing the store,
+    until the body has committed (or raised)."""
     dialect = db.session.get_bind().dialect.name
-    if dialect == "postgresql":  # released when the transaction ends
+    if dialect == "postgresql":  # held by the session's transaction, released when it ends
         db.session.execute(
             sa.text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=_THROTTLE_LOCK_KEY)
         )
-    elif dialect in ("mysql", "mariadb"):  # a session lock: _unlock_login_throttle lets go
-        db.session.execute(
-            sa.text("SELECT GET_LOCK(:name, 10)").bindparams(name=_THROTTLE_LOCK_NAME)
-        )
-    # SQLite: the store's transactions begin IMMEDIATE, holding its write lock already.
-
-
-def _unlock_login_throttle() -> None:
-    if db.session.get_bind().dialect.name in ("mysql", "mariadb"):
-        db.session.execute(
-            sa.text("SELECT RELEASE_LOCK(:name)").bindparams(name=_THROTTLE_LOCK_NAME)
-        )
-        db.session.commit()
+        yield
+    elif dialect in ("mysql", "mariadb"):
+        # GET_LOCK belongs to a connection, not a transaction: hold it on one of its own, so
+        # it outlives the body's commit and is released by the connection that took it.
+        with db.engine.connect() as holder:
+            taken = holder.scalar(
+                sa.text("SELECT GET_LOCK(:name, 10)").bindparams(name=_THROTTLE_LOCK_NAME)
+            )
+            if taken != 1:
+                raise LoginThrottled(
+                    "Too many sign-ins at once. Try again in a moment.", retry_after=5
+                )
+            try:
+                yield
+            finally:
+                holder.execute(
+                    sa.text("SELECT RELEASE_LOCK(:name)").bindparams(name=_THROTTLE_LOCK_NAME)
+                )
+    else:  # SQLite: the store's transactions begin IMMEDIATE, holding its write lock already
+        yield
 
 
 def _failure_times(
