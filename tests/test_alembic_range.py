@@ -8,7 +8,7 @@ from importlib.metadata import version
 from packaging.requirements import Requirement
 
 from dashboard.target import adapter as alembic_adapter
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def declared_alembic() -> Requirement:

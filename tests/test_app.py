@@ -7,7 +7,7 @@ import pytest
 from dashboard import create_app
 from dashboard.environments import get_board, get_project
 from dashboard.errors import ConfigurationError
-from tests.conftest import write_environments
+from tests.helpers import write_environments
 
 
 def test_create_app_connects_to_nothing(tmp_path, script_tree, silent_port, closed_port):

@@ -21,7 +21,7 @@ from dashboard.audit import service as audit
 from dashboard.audit.models import AuditCheckpoint, AuditEvent
 from dashboard.extensions import db
 from dashboard.users.models import User
-from tests.conftest import AUDIT_HMAC_KEY, REPO, Auth, signed_in_client
+from tests.helpers import AUDIT_HMAC_KEY, REPO, Auth, signed_in_client
 
 HX = {"HX-Request": "true"}
 events_table = AuditEvent.__table__

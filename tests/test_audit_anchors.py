@@ -14,7 +14,7 @@ from dashboard import create_app
 from dashboard.audit import service as audit
 from dashboard.audit.models import AuditCheckpoint, AuditEvent
 from dashboard.extensions import db
-from tests.conftest import AUDIT_HMAC_KEY, REPO, upgrade_store
+from tests.helpers import AUDIT_HMAC_KEY, REPO, upgrade_store
 
 events_table = AuditEvent.__table__
 checkpoints_table = AuditCheckpoint.__table__

@@ -13,7 +13,7 @@ from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
 from dashboard.jobs.models import Job
 from dashboard.users import service as users
 from dashboard.users.models import LoginFailure, User
-from tests.conftest import TEST_PASSWORD, Auth, add_user
+from tests.helpers import TEST_PASSWORD, Auth, add_user
 
 ROLES = ["anonymous", "viewer", "operator", "approver", "admin"]
 HEAD = "8d3907739fa1"

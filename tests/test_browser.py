@@ -12,7 +12,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI, HTMX_VERSION
-from tests.conftest import IN_CI, REPO
+from tests.helpers import IN_CI, REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 HTMX_COPY = REPO / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
@@ -275,7 +275,7 @@ def test_production_rollout_with_two_approvals_end_to_end(
     browser, live_server, demo_app, demo_passwords
 ):
     from dashboard.users import service as users
-    from tests.conftest import TEST_PASSWORD, upgrade_with_a_job
+    from tests.helpers import TEST_PASSWORD, upgrade_with_a_job
 
     upgrade_with_a_job(demo_app, "staging")  # promotion order: staging first
     with demo_app.app_context():
@@ -363,7 +363,7 @@ def test_production_rollout_with_two_approvals_end_to_end(
 def test_drift_check_finds_a_hand_made_column_and_compares_environments(
     page, live_server, demo_folder, demo_passwords
 ):
-    from tests.conftest import execute
+    from tests.helpers import execute
 
     execute(
         f"sqlite:///{demo_folder / 'demo' / 'staging.db'}",

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from dashboard import create_app
-from tests.conftest import Auth, make_app, table_names, write_environments
+from tests.helpers import Auth, make_app, table_names, write_environments
 
 DEMO_HEAD = "8d3907739fa1"
 DEMO_MERGE = "1aec4c5d1964"

@@ -10,7 +10,7 @@ from dashboard.environments import environment_named, get_project
 from dashboard.extensions import db
 from dashboard.jobs.models import Job
 from dashboard.plans.service import build_plan
-from tests.conftest import Auth, add_user, app_for_tree, versions
+from tests.helpers import Auth, add_user, app_for_tree, versions
 
 # Offline mode (what renders a plan's SQL) fails; the real run works. The CLI renders nothing,
 # so it runs; the page still shows why the SQL cannot be rendered.

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from dashboard.environments.status import Status, read_status
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.runner import run_in_child
-from tests.conftest import DEMO_SCRIPTS, execute, project_for, table_names
+from tests.helpers import DEMO_SCRIPTS, execute, project_for, table_names
 
 BEFORE_BACKFILL = "4add470122e6"
 

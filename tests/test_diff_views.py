@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import Auth, execute
+from tests.helpers import Auth, execute
 from tests.test_views import HX, rows_of
 
 DROP_USERNAME = "7ca9ba531bc0"

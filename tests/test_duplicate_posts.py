@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 
 from dashboard.extensions import db
 from dashboard.jobs.models import ActiveJob, Job
-from tests.conftest import (
+from tests.helpers import (
     TEST_PASSWORD,
     Auth,
     DatabaseFactory,

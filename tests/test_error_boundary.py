@@ -19,18 +19,18 @@ from dashboard.cli_errors import reports_errors
 from dashboard.errors import STATUSES, DashboardError, LoginThrottled, PlanChanged
 from dashboard.jobs import service as jobs
 from dashboard.users import service as users
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     TEST_PASSWORD,
     Auth,
     app_for_tree,
+    fingerprint_of,
     make_app,
     signed_in_client,
     upgrade_with_a_job,
     versions,
     write_environments,
 )
-from tests.helpers import fingerprint_of
 
 HTMX = {"HX-Request": "true"}
 

@@ -21,17 +21,18 @@ from dashboard.extensions import db
 from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job
 from dashboard.target.locks import lock_is_free
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     Auth,
     DatabaseFactory,
     app_for_tree,
+    queue_job,
+    run_job_to_the_end,
     signed_in_client,
     table_names,
     upgrade_in_child,
     versions,
 )
-from tests.helpers import queue_job, run_job_to_the_end
 
 FAST = {"JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_SECONDS": 2, "JOB_LOCK_WAIT_SECONDS": 2}
 PG_LOCK_HOLDER = (

@@ -27,7 +27,7 @@ from dashboard.jobs.models import ActiveJob, Job
 from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout
 from dashboard.users import service as users
-from tests.conftest import TEST_PASSWORD, Auth, app_for_tree, make_app, upgrade_with_a_job
+from tests.helpers import TEST_PASSWORD, Auth, app_for_tree, make_app, upgrade_with_a_job
 
 ROLES = ["anonymous", "viewer", "operator", "approver", "admin"]
 HEAD = "8d3907739fa1"

@@ -20,16 +20,18 @@ from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job, JobLogLine
 from dashboard.target.locks import TargetLock, lock_is_free
 from dashboard.users.models import User
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     Auth,
     DatabaseFactory,
     add_user,
     app_for_tree,
+    fingerprint_of,
+    queue_job,
+    run_job_to_the_end,
     table_names,
     versions,
 )
-from tests.helpers import fingerprint_of, queue_job, run_job_to_the_end
 
 # Sleeps when it really runs, not while the plan renders it offline.
 SLOW = "import time\nif not op.get_context().as_sql:\n    time.sleep({seconds})"
@@ -223,7 +225,7 @@ def test_half_applied_run_on_mariadb_is_reported_and_stamp_recovers(tmp_path, sc
 
 SUPERVISOR = """
 import sys, time
-from tests.conftest import make_app
+from tests.helpers import make_app
 from tests.helpers import fingerprint_of, queue_job, run_job_to_the_end
 from pathlib import Path
 from dashboard.jobs import service as jobs

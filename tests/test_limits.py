@@ -19,7 +19,7 @@ from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
 from dashboard.users.models import LoginFailure, User
-from tests.conftest import TEST_PASSWORD, Auth, make_app, upgrade_store, upgrade_with_a_job
+from tests.helpers import TEST_PASSWORD, Auth, make_app, upgrade_store, upgrade_with_a_job
 from tests.servers import HttpSession, clean_environ
 
 HX = {"HX-Request": "true"}

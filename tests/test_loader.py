@@ -8,7 +8,7 @@ import pytest
 
 from dashboard.environments import load_project
 from dashboard.errors import ConfigurationError
-from tests.conftest import write_environments
+from tests.helpers import write_environments
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from dashboard.target.locks import TargetLock, lock_is_free
-from tests.conftest import REPO, DatabaseFactory
+from tests.helpers import REPO, DatabaseFactory
 
 
 def readme_env_py_lines() -> str:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from dashboard.extensions import db
 from dashboard.users.models import LoginFailure
-from tests.conftest import DatabaseFactory, add_user, make_app
+from tests.helpers import DatabaseFactory, add_user, make_app
 from tests.servers import HttpSession, server_environ
 
 TRIES = 25

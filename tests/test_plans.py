@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from dashboard.environments import load_project
 from dashboard.errors import EnvironmentNotConfigured, EnvironmentUnreachable, PlanError
 from dashboard.plans import Plan, build_plan, clear_plan_cache
-from tests.conftest import DEMO_SCRIPTS, ScriptTree, write_environments
+from tests.helpers import DEMO_SCRIPTS, ScriptTree, write_environments
 
 SECRET = "hunter2-secret"
 

@@ -13,18 +13,18 @@ from sqlalchemy.engine import URL
 
 from dashboard.environments import environment_named, get_project
 from dashboard.plans.service import Plan, build_plan
-from tests.conftest import (
+from tests.helpers import (
     Auth,
     DatabaseFactory,
     ScriptTree,
     app_for_tree,
     project_for,
+    run_job_to_the_end,
     signed_in_client,
     table_names,
     upgrade_with_a_job,
     versions,
 )
-from tests.helpers import run_job_to_the_end
 
 ONE_TRANSACTION = (
     "PostgreSQL runs these 3 steps in one transaction: if one fails, every step is rolled back."

@@ -10,7 +10,7 @@ import redis
 
 from dashboard.drift.models import DriftCheck
 from dashboard.extensions import db
-from tests.conftest import TEST_PASSWORD, Auth, add_user, make_app
+from tests.helpers import TEST_PASSWORD, Auth, add_user, make_app
 from tests.servers import HttpSession, server_environ
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -15,7 +15,7 @@ from dashboard.plans.rehearsal import is_introspection, rehearse
 from dashboard.plans.warnings import statement_warnings
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.spec import TargetDatabase
-from tests.conftest import DEMO_SCRIPTS, ScriptTree, project_for, table_names, upgrade_in_child
+from tests.helpers import DEMO_SCRIPTS, ScriptTree, project_for, table_names, upgrade_in_child
 from tests.test_schema import restricted_url, scratch_leftovers, scratch_tmp
 
 __all__ = ["restricted_url", "scratch_tmp"]  # fixtures shared with test_schema

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from dashboard.extensions import db
 from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
-from tests.conftest import TEST_PASSWORD, Auth, upgrade_with_a_job
+from tests.helpers import TEST_PASSWORD, Auth, upgrade_with_a_job
 
 HEAD = "8d3907739fa1"
 

@@ -26,8 +26,7 @@ from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout, RolloutVote
 from dashboard.users import service as users
 from dashboard.users.models import User
-from tests.conftest import app_for_tree, execute, versions
-from tests.helpers import fingerprint_of
+from tests.helpers import app_for_tree, execute, fingerprint_of, versions
 
 FAST = {"JOB_LOCK_WAIT_SECONDS": 1.0, "JOB_HEARTBEAT_SECONDS": 0.3, "JOB_STALE_SECONDS": 1.5}
 PEOPLE = {

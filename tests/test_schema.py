@@ -16,7 +16,7 @@ from dashboard.errors import MigrationFailed, ScratchUnavailable
 from dashboard.schema import compare, diff_revisions, drift, materialize, reflect_schema, scratch
 from dashboard.schema.scratch import SCRATCH_PREFIX, scratch_database
 from dashboard.schema.service import compare_live, normalise_default
-from tests.conftest import (
+from tests.helpers import (
     DEMO_SCRIPTS,
     SERVERS,
     execute,

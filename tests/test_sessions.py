@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from dashboard.clock import utcnow
 from dashboard.extensions import db
 from dashboard.users.models import UserSession
-from tests.conftest import TEST_PASSWORD, Auth, DatabaseFactory, add_user, make_app
+from tests.helpers import TEST_PASSWORD, Auth, DatabaseFactory, add_user, make_app
 from tests.servers import HttpSession, Server, server_environ
 
 BEFORE_SESSIONS = "9b1f3c5d7e20"  # the store revision before user_session

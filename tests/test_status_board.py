@@ -7,7 +7,7 @@ import time
 from dashboard.environments import StatusBoard, load_project
 from dashboard.environments.status import Status
 from dashboard.target.runner import run_in_child
-from tests.conftest import write_environments
+from tests.helpers import write_environments
 
 
 def make_project(tmp_path, tree, silent_port=None):

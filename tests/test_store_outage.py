@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dashboard.extensions import db
-from tests.conftest import TEST_PASSWORD, add_user, make_app
+from tests.helpers import TEST_PASSWORD, add_user, make_app
 from tests.servers import HttpSession, server_environ
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

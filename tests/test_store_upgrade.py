@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 
 from dashboard.extensions import db
-from tests.conftest import Auth, DatabaseFactory, make_app
+from tests.helpers import Auth, DatabaseFactory, make_app
 
 FIRST_SCHEMA = "11abbcde5132"  # the first revision that creates tables
 PASSWORD = "an-old-but-good-password"

@@ -14,7 +14,7 @@ from dashboard.errors import EnvironmentUnreachable, ScriptDirectoryError
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.runner import run_in_child
 from dashboard.target.spec import TargetDatabase
-from tests.conftest import DatabaseFactory, execute, project_for, table_names
+from tests.helpers import DatabaseFactory, execute, project_for, table_names
 
 
 def render(url) -> str:

@@ -24,17 +24,17 @@ from dashboard.target import adapter as alembic_adapter
 from dashboard.target.spec import TargetDatabase
 from dashboard.users import service as users
 from dashboard.users.models import User
-from tests.conftest import (
+from tests.helpers import (
     Auth,
     ScriptTree,
     app_for_tree,
     execute,
     project_for,
+    run_job_to_the_end,
     signed_in_client,
     table_names,
     versions,
 )
-from tests.helpers import run_job_to_the_end
 
 # Two independent branches, each with its own base and label: two heads, as Alembic's docs
 # build them. Every revision creates a table named after it.

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from dashboard.audit.models import AuditEvent
 from dashboard.drift.models import DriftCheck
 from dashboard.extensions import db
-from tests.conftest import Auth, ScriptTree, add_user, app_for_tree, upgrade_with_a_job
+from tests.helpers import Auth, ScriptTree, add_user, app_for_tree, upgrade_with_a_job
 
 HX = {"HX-Request": "true"}
 

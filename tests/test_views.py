@@ -7,7 +7,7 @@ import re
 import pytest
 
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
-from tests.conftest import Auth, make_app, signed_in_client, write_environments
+from tests.helpers import Auth, make_app, signed_in_client, write_environments
 
 HEAD = "8d3907739fa1"
 MERGE = "1aec4c5d1964"

@@ -6,7 +6,7 @@ import pytest
 
 from dashboard.plans.service import build_plan
 from dashboard.plans.warnings import script_warnings, sql_warnings
-from tests.conftest import DEMO_SCRIPTS, project_for
+from tests.helpers import DEMO_SCRIPTS, project_for
 
 DROP_COLUMN = "7ca9ba531bc0"
 ADD_COLUMN = "a86d1732ddb4"
