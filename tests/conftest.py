@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import URL
+from werkzeug.serving import make_server
 
 from dashboard import create_app
 from tests.helpers import (
     AUDIT_HMAC_KEY,
     BACKENDS,
+    CHROMIUM,
+    HTMX_COPY,
+    IN_CI,
     Auth,
     DatabaseFactory,
     ScriptTree,
     build_demo,
     make_app,
+    open_tab,
     upgrade_store,
     write_demo_environments,
 )
@@ -274,3 +279,46 @@ def merge_script_tree(script_tree: ScriptTree) -> ScriptTree:
     script_tree.add("m4", ("b2", "c3"), "merge b2 and c3")
     script_tree.add_table("d5", "m4", "td")
     return script_tree
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright; never a downloaded browser."""
+    missing = [str(path) for path in (CHROMIUM, HTMX_COPY) if not path.exists()]
+    if missing:
+        message = f"browser tests need {', '.join(missing)} (scripts/test installs them)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def live_server(demo_app) -> Iterator[str]:
+    """The demo dashboard served on a free loopback port."""
+    server = make_server("127.0.0.1", 0, demo_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser page whose requests for the htmx CDN get the npm copy."""
+    context, tab = open_tab(browser)
+    yield tab
+    context.close()

@@ -19,6 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from dashboard import create_app
 from dashboard.environments import environment_named, get_project
 from dashboard.extensions import db
+from dashboard.htmx import HTMX_CDN_URL
 from dashboard.jobs import service as jobs
 from dashboard.plans.service import build_plan
 
@@ -451,3 +452,46 @@ def run_job_to_the_end(
         db.session.refresh(finished)
         db.session.expunge(finished)
         return finished
+
+
+# --- the browser ---------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+HTMX_COPY = REPO / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
+DOCS = REPO / "docs"
+
+
+def open_tab(browser, **options):
+    """A new browser context and page whose requests for the htmx CDN get the npm copy."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, **options)
+    body = HTMX_COPY.read_bytes()
+
+    def serve_htmx(route):
+        # The SRI check needs a CORS response for a crossorigin script.
+        route.fulfill(
+            status=200,
+            body=body,
+            headers={
+                "Content-Type": "application/javascript",
+                "Access-Control-Allow-Origin": "*",
+            },
+        )
+
+    context.route(HTMX_CDN_URL, serve_htmx)
+    tab = context.new_page()
+    errors: list[str] = []
+    tab.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    tab.on("pageerror", lambda error: errors.append(str(error)))
+    tab.console_errors = errors
+    return context, tab
+
+
+def sign_in(page, base: str, username: str, password: str) -> None:
+    """Sign in through the form, as a person would."""
+    page.goto(base + "/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + "/")

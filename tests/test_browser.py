@@ -4,86 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI, HTMX_VERSION
-from tests.helpers import IN_CI, REPO
-
-CHROMIUM = Path("/usr/bin/chromium")
-HTMX_COPY = REPO / "node_modules" / "htmx.org" / "dist" / "htmx.min.js"
-DOCS = REPO / "docs"
-
-
-@pytest.fixture(scope="session")
-def browser():
-    """Debian's Chromium driven by Playwright; never a downloaded browser."""
-    missing = [str(path) for path in (CHROMIUM, HTMX_COPY) if not path.exists()]
-    if missing:
-        message = f"browser tests need {', '.join(missing)} (scripts/test installs them)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def live_server(demo_app) -> Iterator[str]:
-    """The demo dashboard served on a free loopback port."""
-    server = make_server("127.0.0.1", 0, demo_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-def open_tab(browser, **options):
-    """A new browser context and page whose requests for the htmx CDN get the npm copy."""
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, **options)
-    body = HTMX_COPY.read_bytes()
-
-    def serve_htmx(route):
-        # The SRI check needs a CORS response for a crossorigin script.
-        route.fulfill(
-            status=200,
-            body=body,
-            headers={
-                "Content-Type": "application/javascript",
-                "Access-Control-Allow-Origin": "*",
-            },
-        )
-
-    context.route(HTMX_CDN_URL, serve_htmx)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on(
-        "console", lambda message: errors.append(message.text) if message.type == "error" else None
-    )
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    tab.console_errors = errors
-    return context, tab
-
-
-@pytest.fixture
-def page(browser):
-    """A fresh browser page whose requests for the htmx CDN get the npm copy."""
-    context, tab = open_tab(browser)
-    yield tab
-    context.close()
+from tests.helpers import DOCS, HTMX_COPY, IN_CI, REPO, open_tab, sign_in
 
 
 def test_npm_copy_is_the_pinned_version_with_the_pinned_hash():
@@ -99,15 +25,6 @@ def test_npm_copy_is_the_pinned_version_with_the_pinned_hash():
     )
     digest = base64.b64encode(hashlib.sha384(HTMX_COPY.read_bytes()).digest()).decode()
     assert HTMX_SRI == f"sha384-{digest}"
-
-
-def sign_in(page, base: str, username: str, password: str) -> None:
-    """Sign in through the form, as a person would."""
-    page.goto(base + "/login")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(base + "/")
 
 
 def test_overview_refresh_and_click_through(page, live_server, demo_folder, demo_passwords):
