@@ -1,4 +1,5 @@
-"""The CLI's error boundary: a domain error is its message and exit status 1, no traceback."""
+"""The CLI's error boundary: a domain error — or a store that is unreachable or not set up — is
+its message and exit status 1, no traceback."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+import sqlalchemy as sa
 from flask import current_app, has_app_context
 
 from dashboard.errors import DashboardError
+from dashboard.store_errors import describe_store_error, is_store_unreachable, missing_from_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,12 +31,28 @@ def reports_errors(function: F) -> F:
         except DashboardError as error:
             if click.get_current_context(silent=True) is None:
                 raise  # a WSGI server or a test called it: the caller reports the error
-            if has_app_context() and "sqlalchemy" in current_app.extensions:
-                current_app.extensions["sqlalchemy"].session.rollback()
+            _roll_back()
             raise click.ClickException(str(error)) from error
+        except sa.exc.DBAPIError as error:
+            # The store is unreachable, or nobody ran `flask db upgrade`: say so, no traceback.
+            if click.get_current_context(silent=True) is None or not has_app_context():
+                raise
+            if missing_from_store(error) is None and not is_store_unreachable(error):
+                raise
+            store = current_app.extensions["sqlalchemy"].engine.url
+            _roll_back()
+            raise click.ClickException(describe_store_error(error, store=store)) from error
 
     wrapper.reports_errors = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
+
+
+def _roll_back() -> None:
+    if has_app_context() and "sqlalchemy" in current_app.extensions:
+        try:
+            current_app.extensions["sqlalchemy"].session.rollback()
+        except sa.exc.SQLAlchemyError:
+            current_app.extensions["sqlalchemy"].session.close()
 
 
 def reports_startup_errors(factory: F) -> F:

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntit
 from dashboard.errors import DashboardError
 from dashboard.extensions import db
 from dashboard.htmx import into_main, is_htmx_request
-from dashboard.redact import redact
+from dashboard.store_errors import describe_store_error, is_store_unreachable, missing_from_store
 
 logger = logging.getLogger(__name__)
 
@@ -108,27 +108,29 @@ def handle_domain_error(error: DashboardError) -> Response:
     return into_main(response) if is_htmx_request() else response
 
 
-def handle_store_unreachable(error: sa.exc.DBAPIError) -> Response:
-    """The dashboard's own store refused or dropped a connection: 503 naming it, never 500.
+def handle_store_error(error: sa.exc.DBAPIError) -> Response:
+    """The dashboard's own store refused a connection, or has no tables yet: 503 naming it and
+    saying what to do, never 500.
 
     Target databases are reached only through dashboard.target, which turns their errors into
     domain errors; a driver error that reaches this boundary is the store's.
     """
-    store = db.engine.url
-    reason = redact(" ".join(str(getattr(error, "orig", error)).split()), [store])
-    logger.warning("the store is unreachable: %s", reason)
+    if missing_from_store(error) is None and not is_store_unreachable(error):
+        return handle_unexpected(error)  # a programming error of ours, not the store's state
+    message = describe_store_error(error, store=db.engine.url)
+    logger.warning("%s", message)
     try:
         db.session.remove()  # give the broken connection back; the pool drops it
     except sa.exc.SQLAlchemyError:
         pass
     # The page must not ask the store who is signed in: show it as to nobody in particular.
     g._login_user = current_app.login_manager.anonymous_user()
-    where = store.render_as_string(hide_password=True)
-    message = (
-        f"The dashboard's store ({where}) cannot be reached: {reason}. What you asked was not "
-        "done; try again in a moment."
-    )
-    body, status = _render(503, "The store is unreachable", message)
+    if missing_from_store(error) is not None:
+        title = "The store is not set up"
+    else:
+        title = "The store is unreachable"
+        message += " What you asked was not done; try again in a moment."
+    body, status = _render(503, title, message)
     response = Response(body, status=status, headers={"Retry-After": "10"})
     return into_main(response) if is_htmx_request() else response
 
@@ -142,7 +144,7 @@ def init_app(app: Flask) -> None:
     """Register the handlers."""
     app.register_error_handler(HTTPException, handle_http_error)
     app.register_error_handler(DashboardError, handle_domain_error)
-    for lost in (sa.exc.OperationalError, sa.exc.InterfaceError):
-        app.register_error_handler(lost, handle_store_unreachable)
+    for failed in (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError):
+        app.register_error_handler(failed, handle_store_error)
     if not app.testing:
         app.register_error_handler(Exception, handle_unexpected)

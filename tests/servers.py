@@ -16,11 +16,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
 REPO = Path(__file__).resolve().parent.parent
 # The venv's bin folder; not resolved, since the interpreter there is usually a symlink.
@@ -65,6 +68,8 @@ def server_environ(
     home.mkdir(exist_ok=True)
     return clean_environ(
         HOME=str(home),
+        # Not the repository's instance folder, which every test server would share.
+        DASHBOARD_AUDIT_ANCHOR_FILE=str(tmp_path / "audit-anchors.log"),
         SECRET_KEY=secret_key,
         DASHBOARD_DATABASE_URL=store,
         ENVIRONMENTS_FILE=str(environments),
@@ -280,3 +285,31 @@ class HttpSession:
 
 def _text(response) -> str:
     return response.read().decode("utf-8", errors="replace")
+
+
+# --- a store that refuses connections ------------------------------------------------------
+
+POSTGRESQL_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def store_refusing(store: URL) -> Iterator[None]:
+    """Make the store database refuse new connections and end the open ones; then let it be."""
+    admin = sa.create_engine(
+        POSTGRESQL_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+    )
+    name = store.database
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
+                ),
+                {"name": name},
+            )
+        yield
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()

@@ -5,40 +5,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dashboard.extensions import db
 from tests.helpers import TEST_PASSWORD, add_user, make_app
-from tests.servers import HttpSession, server_environ
+from tests.servers import HttpSession, server_environ, store_refusing
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PAGES = ["/", "/jobs", "/rollouts", "/history", "/audit", "/environments/dev", "/account"]
-
-
-@contextmanager
-def store_refusing(store: URL) -> Iterator[None]:
-    """Make the store database refuse new connections and end the open ones; then let it be."""
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = store.database
-    try:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-            connection.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"
-                ),
-                {"name": name},
-            )
-        yield
-    finally:
-        with admin.connect() as connection:
-            connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        admin.dispose()
 
 
 def test_a_store_outage_answers_503_everywhere_and_passes(
@@ -74,9 +49,7 @@ def test_a_store_outage_answers_503_everywhere_and_passes(
             form = {"username": "vera", "password": TEST_PASSWORD, "csrf_token": token}
             reply = stranger.post(server.url("/login"), form)
             assert reply.status == 503 and "The store is unreachable" in reply.text
-            fragment = signed_in.request(
-                "GET", server.url("/"), headers={"HX-Request": "true"}
-            )
+            fragment = signed_in.request("GET", server.url("/"), headers={"HX-Request": "true"})
             assert fragment.status == 503 and "<html" not in fragment.text
             health = signed_in.get(server.url("/healthz"))
             assert health.status == 503
