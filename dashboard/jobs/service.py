@@ -6,10 +6,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from flask import current_app
@@ -39,6 +39,7 @@ from dashboard.users.models import Role, User
 OPERATIONS = ("upgrade", "downgrade", "stamp")
 LOG_FLUSH_SECONDS = 0.25
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 # app.extensions key: functions called with job=… when a job ends (registered by the factory).
 JOB_FINISHED_HOOKS = "dashboard.job_finished_hooks"
 
@@ -76,6 +77,82 @@ def log_lines(*, job_id: int) -> list[JobLogLine]:
             sa.select(JobLogLine).where(JobLogLine.job_id == job_id).order_by(JobLogLine.number)
         )
     )
+
+
+LOG_TAIL_LINES = 500  # what the Job page shows at first; the whole log is a download away
+LOG_BATCH_LINES = 500  # the most lines one poll, or one step of the download, reads
+
+
+class LogLine(NamedTuple):
+    """One line of a job's log as read for a page: its number, kind ('log' or 'sql') and text."""
+
+    number: int
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class LogTail:
+    """The last lines of a job's log, and how many lines came before them."""
+
+    lines: list[LogLine]
+    earlier: int
+
+    @property
+    def last_number(self) -> int:
+        return self.lines[-1].number if self.lines else 0
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """The lines of a job's log after a line number, and whether more lines follow them."""
+
+    lines: list[LogLine]
+    more: bool
+    last_number: int  # of the last line here, or the number asked after when there is none
+
+
+def _log_rows(*, job_id: int, after: int, limit: int, newest_first: bool = False) -> list[LogLine]:
+    """Read at most `limit` lines of one job through its (job_id, number) index, never more."""
+    query = sa.select(JobLogLine.number, JobLogLine.kind, JobLogLine.text).where(
+        JobLogLine.job_id == job_id, JobLogLine.number > after
+    )
+    order = JobLogLine.number.desc() if newest_first else JobLogLine.number
+    return [LogLine(*row) for row in db.session.execute(query.order_by(order).limit(limit))]
+
+
+def log_tail(*, job_id: int, limit: int = LOG_TAIL_LINES) -> LogTail:
+    """Return the last `limit` lines of a job's log, and how many lines came before them."""
+    lines = _log_rows(job_id=job_id, after=0, limit=limit, newest_first=True)[::-1]
+    # The runner numbers a job's lines 1, 2, 3…: those before the tail are its first number - 1.
+    return LogTail(lines=lines, earlier=lines[0].number - 1 if lines else 0)
+
+
+def log_after(*, job_id: int, after: int, limit: int = LOG_BATCH_LINES) -> LogChunk:
+    """Return up to `limit` lines of a job's log numbered after `after`, in order."""
+    lines = _log_rows(job_id=job_id, after=after, limit=limit + 1)
+    shown = lines[:limit]
+    return LogChunk(
+        lines=shown, more=len(lines) > limit, last_number=shown[-1].number if shown else after
+    )
+
+
+def log_text(*, job_id: int, batch: int = LOG_BATCH_LINES) -> Iterator[str]:
+    """Yield a job's whole log as text, one batch of lines at a time ('SQL: ' before statements).
+
+    Each batch is read in a transaction of its own, ended before the batch is handed on: a slow
+    download neither holds the store (on SQLite, its write lock) nor keeps more than one batch.
+    """
+    after = 0
+    while True:
+        lines = _log_rows(job_id=job_id, after=after, limit=batch)
+        db.session.rollback()
+        if not lines:
+            return
+        yield "".join(
+            f"SQL: {line.text}\n" if line.kind == "sql" else f"{line.text}\n" for line in lines
+        )
+        after = lines[-1].number
 
 
 def active_job(*, environment: str) -> Job | None:
@@ -359,7 +436,10 @@ class _Supervision:
     """From a thread of its own: keep a running job's heartbeat fresh and write its log.
 
     Log lines are written in small batches (every LOG_FLUSH_SECONDS), not one commit each:
-    the page stays live, and a chatty migration does not wait on the store.
+    the page stays live, and a chatty migration does not wait on the store. A store that
+    refuses connections only delays them: lines wait in memory, in order, and the beats resume
+    when it returns. The supervision lasts until the job's outcome is stored, so a job that
+    ends during an outage is never taken for a dead one.
     """
 
     def __init__(self, app, job_id: int, every: float) -> None:
@@ -367,44 +447,60 @@ class _Supervision:
         self.stop = threading.Event()
         self.pending: list[JobLogLine] = []
         self.pending_lock = threading.Lock()
+        self.flush_lock = threading.Lock()
+        self.runner_pid: int | None = None
         self.thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
     def add(self, line: JobLogLine) -> None:
         with self.pending_lock:
             self.pending.append(line)
 
-    def _flush(self) -> None:
-        with self.pending_lock:
-            batch, self.pending = self.pending, []
-        if not batch:
-            return
-        try:
-            db.session.add_all(batch)
-            db.session.commit()
-        except sa.exc.SQLAlchemyError:
-            db.session.rollback()
+    def flush(self) -> None:
+        """Write the lines waiting so far; on a store error keep them for the next try.
+
+        One flush at a time (the heartbeat thread's or the final one): batches commit in
+        order, so a page that polls for the lines after its last one never skips any.
+        """
+        with self.flush_lock:
             with self.pending_lock:
-                self.pending[:0] = batch  # written with the next batch, in order
-            raise
+                batch, self.pending = self.pending, []
+            if not batch:
+                return
+            try:
+                db.session.add_all(batch)
+                db.session.commit()
+            except sa.exc.SQLAlchemyError:
+                _rollback_quietly()
+                with self.pending_lock:
+                    self.pending[:0] = batch  # written with the next batch, in order
+                raise
+
+    def beat(self) -> None:
+        """Store the heartbeat (and the runner's pid, if the store missed it at the start)."""
+        values: dict[str, object] = {"heartbeat_at": utcnow()}
+        if self.runner_pid is not None:
+            values["runner_pid"] = self.runner_pid
+        db.session.execute(sa.update(Job).where(Job.id == self.job_id).values(**values))
+        db.session.commit()
+        self.runner_pid = None
 
     def _run(self) -> None:
         with self.app.app_context():
             last_beat = time.monotonic()
             while not self.stop.wait(LOG_FLUSH_SECONDS):
                 try:
-                    self._flush()
+                    self.flush()
                     if time.monotonic() - last_beat >= self.every:
-                        db.session.execute(
-                            sa.update(Job)
-                            .where(Job.id == self.job_id)
-                            .values(heartbeat_at=utcnow())
-                        )
-                        db.session.commit()
+                        self.beat()
                         last_beat = time.monotonic()
                 # The store may be briefly unreachable: keep the lines, beat again next time.
-                except sa.exc.SQLAlchemyError:
-                    logger.warning("job %s: the store refused a heartbeat or log", self.job_id)
-                    db.session.rollback()
+                except sa.exc.SQLAlchemyError as error:
+                    logger.warning(
+                        "job %s: the store refused a heartbeat or log (%s); trying again",
+                        self.job_id,
+                        _first_line(error),
+                    )
+                    _rollback_quietly()
 
     def __enter__(self) -> _Supervision:
         self.thread.start()
@@ -413,7 +509,44 @@ class _Supervision:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
-        self._flush()  # the rest, from the calling thread's own session
+
+
+def _first_line(error: BaseException) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+
+
+def _rollback_quietly() -> None:
+    """Roll the session back after a store error; a dead connection cannot even do that."""
+    try:
+        db.session.rollback()
+    except sa.exc.SQLAlchemyError:
+        db.session.close()
+
+
+def _until_stored(what: str, job_id: int, write: Callable[[], _T]) -> _T:
+    """Run `write` until the store takes it: a job's outcome must outlive a store outage.
+
+    Only connection errors are retried (for JOB_STORE_RETRY_SECONDS); any other error, or an
+    outage longer than that, is raised.
+    """
+    deadline = time.monotonic() + current_app.config["JOB_STORE_RETRY_SECONDS"]
+    delay = 0.25
+    while True:
+        try:
+            return write()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+            _rollback_quietly()
+            if time.monotonic() > deadline:
+                raise
+            logger.warning(
+                "job %s: the store refused %s (%s); trying again in %.1f s",
+                job_id,
+                what,
+                _first_line(error),
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job:
@@ -433,9 +566,36 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
         details=_job_details(job),
     )
     db.session.commit()
+    run = {
+        "operation": job.operation,
+        "target": job.alembic_target,
+        "expected_from": tuple(job.from_revisions or ()),
+        "planned": None if job.operation == "stamp" else tuple(job.planned_revisions or ()),
+    }
+    with _Supervision(app, job_id, every=app.config["JOB_HEARTBEAT_SECONDS"]) as supervision:
+        result = run_in_child(
+            get_project().database(environment),
+            on_line=_line_writer(job_id, supervision, on_line),
+            lock_wait=app.config["JOB_LOCK_WAIT_SECONDS"],
+            on_start=lambda pid: _remember_pid(job_id, pid, supervision),
+            **run,
+        )
+        outcome = _outcome(result=result, environment=environment)
+        _until_stored("the job's log", job_id, supervision.flush)
+        job = _until_stored(
+            "the job's outcome",
+            job_id,
+            lambda: _store_outcome(job_id=job_id, result=result, outcome=outcome),
+        )
+    get_board().refresh_soon()
+    return job
 
+
+def _line_writer(
+    job_id: int, supervision: _Supervision, on_line: Callable[[str], None] | None
+) -> Callable[[str], None]:
+    """Number each line the runner prints and hand it to the supervision to store."""
     counter = {"number": 0}
-    supervision = _Supervision(app, job_id, every=app.config["JOB_HEARTBEAT_SECONDS"])
 
     def store_line(raw: str) -> None:
         if raw.startswith(SQL_MARKER):
@@ -449,42 +609,51 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
         if on_line is not None:
             on_line(("SQL: " + text) if kind == "sql" else text)
 
-    def remember_pid(pid: int) -> None:
+    return store_line
+
+
+def _remember_pid(job_id: int, pid: int, supervision: _Supervision) -> None:
+    """Store the runner's pid now, or with the next heartbeat if the store refuses it."""
+    try:
         db.session.execute(sa.update(Job).where(Job.id == job_id).values(runner_pid=pid))
         db.session.commit()
-
-    with supervision:
-        result = run_in_child(
-            get_project().database(environment),
-            operation=job.operation,
-            target=job.alembic_target,
-            on_line=store_line,
-            lock_wait=app.config["JOB_LOCK_WAIT_SECONDS"],
-            on_start=remember_pid,
-            expected_from=tuple(job.from_revisions or ()),
-            planned=None if job.operation == "stamp" else tuple(job.planned_revisions or ()),
-        )
-    return _finish(job_id=job_id, result=result, environment=environment)
+    except sa.exc.SQLAlchemyError:
+        _rollback_quietly()
+        supervision.runner_pid = pid
 
 
-def _finish(*, job_id: int, result: RunResult, environment: Environment) -> Job:
-    db.session.expire_all()
-    job = db.session.get(Job, job_id)
+class _Outcome(NamedTuple):
+    """What the target database says once the runner has ended (read without the store)."""
+
+    to_revisions: list[str] | None
+    reread_error: str | None
+    ended_sessions: list[str]
+
+
+def _outcome(*, result: RunResult, environment: Environment) -> _Outcome:
+    """End a killed runner's sessions and re-read where the database now stands."""
     ended_sessions: list[str] = []
     if result.signal_name is not None:
         # The runner died mid-run: its sessions may still be migrating, and hold the lock.
         ended_sessions = terminate_sessions(url=environment.url, session_ids=list(result.sessions))
-    reread_error = None
     try:
-        job.to_revisions = list(
+        to_revisions = list(
             alembic_adapter.read_current_revisions(
                 get_project().database(environment),
                 timeout=current_app.config["STATUS_CONNECT_TIMEOUT"],
             )
         )
     except EnvironmentUnreachable as error:
-        job.to_revisions = None
-        reread_error = f"could not re-read the revision afterwards: {error}"
+        return _Outcome(None, f"could not re-read the revision afterwards: {error}", ended_sessions)
+    return _Outcome(to_revisions, None, ended_sessions)
+
+
+def _store_outcome(*, job_id: int, result: RunResult, outcome: _Outcome) -> Job:
+    """Store how the job ended, release its guard and audit it, in one transaction."""
+    db.session.expire_all()
+    job = db.session.get(Job, job_id)
+    environment = environment_named(job.environment)
+    job.to_revisions = outcome.to_revisions
     job.finished_at = utcnow()
     if result.succeeded:
         job.state = JobState.SUCCEEDED.value
@@ -493,12 +662,12 @@ def _finish(*, job_id: int, result: RunResult, environment: Environment) -> Job:
         job.error = f"The plan no longer holds: {result.stale or result.failure_reason}."
     elif result.signal_name is not None:
         job.state = JobState.INTERRUPTED.value
-        job.error = _killed_report(job, result, ended_sessions)
+        job.error = _killed_report(job, result, outcome.ended_sessions)
     else:
         job.state = JobState.FAILED.value
         job.error = _failure_report(job, result, environment)
-    if reread_error:
-        job.error = f"{job.error}; {reread_error}" if job.error else reread_error
+    if outcome.reread_error:
+        job.error = f"{job.error}; {outcome.reread_error}" if job.error else outcome.reread_error
     _release_guard(job)
     audit.record(
         action=f"job.{job.state}",
@@ -516,7 +685,6 @@ def _finish(*, job_id: int, result: RunResult, environment: Environment) -> Job:
     )
     _job_finished(job)
     db.session.commit()
-    get_board().refresh_soon()
     return job
 
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+import re
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
@@ -76,30 +87,56 @@ def _job_or_404(job_id: int):
 @bp.get("/jobs/<int:job_id>")
 @role_required(Role.VIEWER)
 def job(job_id: int) -> ResponseReturnValue:
-    """One job: its state, plan, live log and the statements it ran."""
+    """One job: its state, plan, and the tail of its log, which then follows the job."""
     found = _job_or_404(job_id)
+    tail = jobs.log_tail(job_id=job_id)
     return render_template(
         "jobs/job.html",
         job=found,
-        lines=jobs.log_lines(job_id=job_id),
+        tail=tail,
+        after=tail.last_number,
+        more=False,
         heartbeat_is_stale=jobs.heartbeat_is_stale(job=found),
     )
+
+
+# A line number a page may ask after: a whole number that fits the store's integer column.
+_LINE_NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 @bp.get("/jobs/<int:job_id>/live")
 @role_required(Role.VIEWER)
 def live(job_id: int) -> ResponseReturnValue:
-    """The live part of the Job page; answers 286 (stop polling) once the job has ended."""
-    found = _job_or_404(job_id)
+    """The job's state and its log lines after `?after=`; 286 (stop polling) once all is shown."""
+    after = request.args.get("after", "0")
+    if not _LINE_NUMBER.fullmatch(after):
+        abort(400, description="“after” must be a line number: a whole number, 0 or more.")
+    found = _job_or_404(job_id)  # the state first: once it has ended, every line is stored
+    chunk = jobs.log_after(job_id=job_id, after=int(after))
     response = Response(
         render_template(
-            "jobs/_live.html",
+            "jobs/_log_update.html",
             job=found,
-            lines=jobs.log_lines(job_id=job_id),
+            chunk=chunk,
+            asked_after=int(after),
+            after=chunk.last_number,
+            more=chunk.more,
             heartbeat_is_stale=jobs.heartbeat_is_stale(job=found),
         )
     )
-    return stop_polling(response) if found.is_finished else response
+    return stop_polling(response) if found.is_finished and not chunk.more else response
+
+
+@bp.get("/jobs/<int:job_id>/log.txt")
+@role_required(Role.VIEWER)
+def log_text(job_id: int) -> ResponseReturnValue:
+    """The job's whole log as a text file, streamed from the store a batch at a time."""
+    found = _job_or_404(job_id)
+    return Response(
+        stream_with_context(jobs.log_text(job_id=found.id)),
+        mimetype="text/plain",
+        headers={"Content-Disposition": f'attachment; filename="job-{found.id}-log.txt"'},
+    )
 
 
 @bp.get("/environments/<name>/plan")
