@@ -1,25 +1,40 @@
 """Diffs: the schema a plan leaves behind, compared with the one it starts from.
 
-Schema diffs build two scratch databases (seconds on a server), so they are cached per
-environment dialect, revision pair and script-directory signature: an edited script is a new key.
+Schema diffs build a scratch database (seconds on a server, minutes for a long history), so
+they are cached per environment dialect, revision pair and script-directory signature: an edited
+script is a new key. The cache holds the app's DIFF_CACHE_SIZE diffs (least recently used go).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from typing import Any
+
+from cachetools import LRUCache
+from flask import current_app, has_app_context
 
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import PlanError
 from dashboard.plans.service import Plan, build_plan
+from dashboard.progress import Progress
 from dashboard.schema import SchemaDiff, diff_revisions
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.adapter import RevisionGraph
 
-_CACHE_SIZE = 64
-_diff_cache: OrderedDict[tuple[Any, ...], SchemaDiff] = OrderedDict()
+DEFAULT_DIFF_CACHE_SIZE = 64
+_diff_caches: dict[int, LRUCache] = {}  # one per cache size asked for (one app: one)
 _diff_cache_lock = threading.Lock()
+
+
+def _diff_cache() -> LRUCache:
+    """This process's schema-diff cache, sized by the app's DIFF_CACHE_SIZE."""
+    size = DEFAULT_DIFF_CACHE_SIZE
+    if has_app_context():
+        size = int(current_app.config.get("DIFF_CACHE_SIZE", DEFAULT_DIFF_CACHE_SIZE))
+    with _diff_cache_lock:
+        cache = _diff_caches.get(size)
+        if cache is None:
+            cache = _diff_caches[size] = LRUCache(maxsize=max(size, 1))
+        return cache
 
 
 def heads_of(*, graph: RevisionGraph, revisions: set[str]) -> tuple[str, ...]:
@@ -54,6 +69,7 @@ def schema_diff(
     environment: Environment,
     from_revisions: tuple[str, ...],
     to_revisions: tuple[str, ...],
+    progress: Progress | None = None,
 ) -> SchemaDiff:
     """Compare the schemas at two sets of revisions on `environment`'s dialect (cached)."""
     key = (
@@ -65,21 +81,20 @@ def schema_diff(
         tuple(sorted(to_revisions)),
         alembic_adapter.script_signature(project.script_location),
     )
+    cache = _diff_cache()
     with _diff_cache_lock:
-        cached = _diff_cache.get(key)
-        if cached is not None:
-            _diff_cache.move_to_end(key)
-            return cached
+        cached = cache.get(key)
+    if cached is not None:
+        return cached
     diff = diff_revisions(
         project=project,
         environment=environment,
         from_revision=tuple(from_revisions),
         to_revision=tuple(to_revisions),
+        progress=progress,
     )
     with _diff_cache_lock:
-        _diff_cache[key] = diff
-        while len(_diff_cache) > _CACHE_SIZE:
-            _diff_cache.popitem(last=False)
+        cache[key] = diff
     return diff
 
 
@@ -90,6 +105,7 @@ def steps_schema_diff(
     from_revisions: tuple[str, ...],
     direction: str,
     revision_ids: list[str] | tuple[str, ...],
+    progress: Progress | None = None,
 ) -> SchemaDiff:
     """Compare the schema before these steps with the schema after them."""
     graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
@@ -103,22 +119,34 @@ def steps_schema_diff(
             direction=direction,
             revision_ids=revision_ids,
         ),
+        progress=progress,
     )
 
 
-def plan_schema_diff(*, project: Project, environment: Environment, plan: Plan) -> SchemaDiff:
-    """Compare the schema before `plan` with the schema after it."""
+def plan_schema_diff(
+    *, project: Project, environment: Environment, plan: Plan, progress: Progress | None = None
+) -> SchemaDiff:
+    """Compare the schema before `plan` with the schema after it (one scratch database).
+
+    `progress` hears "building the scratch database: step i of N" as the build goes.
+    """
     return steps_schema_diff(
         project=project,
         environment=environment,
         from_revisions=plan.from_revisions,
         direction=plan.direction,
         revision_ids=plan.revision_ids,
+        progress=progress,
     )
 
 
 def revision_plan(
-    *, project: Project, environment: Environment, from_revision: str, to_revision: str
+    *,
+    project: Project,
+    environment: Environment,
+    from_revision: str,
+    to_revision: str,
+    render: bool = True,
 ) -> Plan:
     """Plan the way from one revision to another on `environment`'s dialect (upgrade or down)."""
     graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
@@ -146,4 +174,5 @@ def revision_plan(
         direction=direction,
         target=target,
         current=start,
+        render=render,
     )

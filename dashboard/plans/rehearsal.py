@@ -42,8 +42,9 @@ from dashboard.errors import (
 )
 from dashboard.plans.service import Plan, PlanStep
 from dashboard.plans.warnings import sql_tokens, statement_warnings
-from dashboard.schema.service import materialize, reflect_schema
-from dashboard.target.runner import SQL_MARKER, run_in_child
+from dashboard.progress import Progress
+from dashboard.schema.service import build_steps, materialize, reflect_schema
+from dashboard.target.runner import CHUNK_STEPS, SQL_MARKER, run_in_child
 from dashboard.target.spec import TargetDatabase
 
 _CATALOGUES = {
@@ -158,8 +159,20 @@ def is_introspection(statement: str, *, version_table: str = "alembic_version") 
     return bool(names) and names <= {version_table.lower(), "version_num"}
 
 
-def rehearse(*, project: Project, environment: Environment, plan: Plan) -> Rehearsal:
-    """Run `plan` step by step on a scratch copy of `environment` at its from-revisions."""
+def rehearse(
+    *,
+    project: Project,
+    environment: Environment,
+    plan: Plan,
+    chunk_steps: int = CHUNK_STEPS,
+    progress: Progress | None = None,
+) -> Rehearsal:
+    """Run `plan` step by step on a scratch copy of `environment` at its from-revisions.
+
+    The scratch database is built `chunk_steps` revisions per upgrade command; the plan's own
+    steps then run one child each. `progress` hears of the build's steps, then of each
+    rehearsed step, on one scale: the build's steps plus the plan's.
+    """
     if plan.environment != environment.name:
         raise PlanError(
             f"this plan is for {plan.environment}, not {environment.name}: plan it again"
@@ -181,34 +194,38 @@ def rehearse(*, project: Project, environment: Environment, plan: Plan) -> Rehea
     steps: list[RehearsedStep] | None = None
     where = ""
     try:
+        built = build_steps(project=project, environment=environment, revision=plan.from_revisions)
+        scale = _Scale(progress, built=built, steps=len(plan.steps))
         with materialize(
-            environment=environment, project=project, revision=plan.from_revisions
+            environment=environment,
+            project=project,
+            revision=plan.from_revisions,
+            chunk_steps=chunk_steps,
+            progress=scale.building,
         ) as url:
             where = _describe_scratch(environment, url)
-            steps = _run_steps(project=project, environment=environment, plan=plan, url=url)
+            steps = _run_steps(
+                project=project, environment=environment, plan=plan, url=url, scale=scale
+            )
     except (ScratchUnavailable, EnvironmentNotConfigured, MigrationFailed) as error:
         if steps is not None:
             raise  # not a setup failure: never hide it behind "unavailable"
         # MigrationFailed here means the scratch could not be built at the current
         # revisions (a script below them fails): the plan itself was never run.
-        return result(
-            steps=(),
-            succeeded=False,
-            error=None,
-            scratch=where,
-            unavailable=str(error),
-        )
+        return result(steps=(), succeeded=False, error=None, scratch=where, unavailable=str(error))
+    return result(steps=tuple(steps), scratch=where, **_outcome(steps))
+
+
+def _outcome(steps: list[RehearsedStep]) -> dict[str, Any]:
+    """Whether the rehearsed steps succeeded, the first failure, and every step's warnings."""
     failed = next((step for step in steps if step.ran and not step.succeeded), None)
-    warnings = tuple(
-        f"{step.revision_id[:12]}: {warning}" for step in steps for warning in step.warnings
-    )
-    return result(
-        steps=tuple(steps),
-        succeeded=failed is None,
-        error=f"{failed.revision_id}: {failed.error}" if failed is not None else None,
-        warnings=warnings,
-        scratch=where,
-    )
+    return {
+        "succeeded": failed is None,
+        "error": f"{failed.revision_id}: {failed.error}" if failed is not None else None,
+        "warnings": tuple(
+            f"{step.revision_id[:12]}: {warning}" for step in steps for warning in step.warnings
+        ),
+    }
 
 
 def _describe_scratch(environment: Environment, url: URL) -> str:
@@ -235,13 +252,34 @@ def step_target(step: PlanStep, direction: str) -> str:
     return f"{step.revision_id}@-1"
 
 
+class _Scale:
+    """One progress scale for a rehearsal: the scratch build's steps, then the plan's."""
+
+    def __init__(self, progress: Progress | None, *, built: int, steps: int) -> None:
+        self.progress, self.built, self.total = progress, built, built + steps
+
+    def building(self, done: int, total: int, text: str) -> None:  # noqa: ARG002
+        # The build's own "N steps done" is left to the first rehearsed step to say.
+        if self.progress is not None and done < self.built:
+            self.progress(done, self.total, text)
+
+    def rehearsing(self, index: int, count: int, step: PlanStep) -> None:
+        if self.progress is not None:
+            text = f"rehearsing step {index + 1} of {count}: {step.revision_id} {step.message}"
+            self.progress(self.built + index, self.total, text.rstrip())
+
+    def finished(self) -> None:
+        if self.progress is not None:
+            self.progress(self.total, self.total, "rehearsal finished")
+
+
 def _run_steps(
-    *, project: Project, environment: Environment, plan: Plan, url: URL
+    *, project: Project, environment: Environment, plan: Plan, url: URL, scale: _Scale
 ) -> list[RehearsedStep]:
     scratch = dataclasses.replace(project.database(environment), url=url)
     dialect = url.get_backend_name()
     steps: list[RehearsedStep] = []
-    for step in plan.steps:
+    for index, step in enumerate(plan.steps):
         if steps and not steps[-1].succeeded:
             steps.append(
                 RehearsedStep(
@@ -255,6 +293,7 @@ def _run_steps(
                 )
             )
             continue
+        scale.rehearsing(index, len(plan.steps), step)
         tables = (
             _tables(url, environment.version_table) if dialect in _REFLECT_BEFORE_STEPS else None
         )
@@ -266,6 +305,7 @@ def _run_steps(
                 tables=tables,
             )
         )
+    scale.finished()
     return steps
 
 

@@ -43,11 +43,13 @@ from dashboard.errors import (
     DashboardError,
     EnvironmentNotConfigured,
     EnvironmentUnreachable,
+    MigrationFailed,
 )
+from dashboard.progress import Progress
 from dashboard.schema.scratch import scratch_database
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.engines import target_engine
-from dashboard.target.runner import upgrade_in_child
+from dashboard.target.runner import CHUNK_STEPS, upgrade_in_chunks
 
 REFLECT_TIMEOUT = 5.0
 KINDS = ("table", "column", "primary_key", "unique", "foreign_key", "index")
@@ -226,11 +228,14 @@ def reflect_schema(*, url: URL, version_table: str = "alembic_version") -> Schem
         with engine.connect() as connection:
             inspector = sa.inspect(connection)
             dialect = connection.dialect
-            tables = {}
-            for name in sorted(inspector.get_table_names()):
-                if name == version_table:
-                    continue
-                tables[name] = _reflect_table(inspector, dialect, name)
+            names = [name for name in sorted(inspector.get_table_names()) if name != version_table]
+            found = _read_tables(inspector, names)
+            tables = {
+                name: _reflect_table(
+                    dialect, name, {kind: found[kind][(None, name)] for kind in found}
+                )
+                for name in names
+            }
             return Schema(dialect=dialect.name, tables=tables)
     except sa.exc.SQLAlchemyError as error:
         raise EnvironmentUnreachable(
@@ -240,7 +245,25 @@ def reflect_schema(*, url: URL, version_table: str = "alembic_version") -> Schem
         engine.dispose()
 
 
-def _reflect_table(inspector: sa.Inspector, dialect: sa.Dialect, name: str) -> Table:
+def _read_tables(inspector: sa.Inspector, names: list[str]) -> dict[str, dict[Any, Any]]:
+    """Read what every table has, one query per kind where the dialect can (not per table)."""
+    if not names:
+        return {}
+    found = {
+        "columns": inspector.get_multi_columns(filter_names=names),
+        "primary_key": inspector.get_multi_pk_constraint(filter_names=names),
+        "uniques": inspector.get_multi_unique_constraints(filter_names=names),
+        "foreign_keys": inspector.get_multi_foreign_keys(filter_names=names),
+        "indexes": inspector.get_multi_indexes(filter_names=names),
+    }
+    empty: dict[str, Any] = {"primary_key": {}}
+    for kind, per_table in found.items():
+        for name in names:
+            per_table.setdefault((None, name), empty.get(kind, []))
+    return found
+
+
+def _reflect_table(dialect: sa.Dialect, name: str, found: dict[str, Any]) -> Table:
     columns = {
         column["name"]: Column(
             name=column["name"],
@@ -248,12 +271,10 @@ def _reflect_table(inspector: sa.Inspector, dialect: sa.Dialect, name: str) -> T
             nullable=bool(column.get("nullable", True)),
             default=normalise_default(column.get("default")),
         )
-        for column in inspector.get_columns(name)
+        for column in found["columns"]
     }
-    primary_key = tuple(inspector.get_pk_constraint(name).get("constrained_columns") or ())
-    uniques = frozenset(
-        tuple(unique["column_names"]) for unique in inspector.get_unique_constraints(name)
-    )
+    primary_key = tuple((found["primary_key"] or {}).get("constrained_columns") or ())
+    uniques = frozenset(tuple(unique["column_names"]) for unique in found["uniques"])
     foreign_keys = tuple(
         sorted(
             (
@@ -265,13 +286,13 @@ def _reflect_table(inspector: sa.Inspector, dialect: sa.Dialect, name: str) -> T
                     ondelete=_fk_option(fk, "ondelete"),
                     onupdate=_fk_option(fk, "onupdate"),
                 )
-                for fk in inspector.get_foreign_keys(name)
+                for fk in found["foreign_keys"]
             ),
             key=lambda fk: fk.key,
         )
     )
     indexes = {}
-    for index in inspector.get_indexes(name):
+    for index in found["indexes"]:
         if index.get("duplicates_constraint") or not index.get("name"):
             continue
         index_columns = tuple(
@@ -404,6 +425,8 @@ def _column_changes(before: Column, after: Column) -> str:
 
 # --- building schemas at a revision -----------------------------------------------------------
 
+BUILDING = "building the scratch database"
+
 
 def _targets(revision: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     if isinstance(revision, str):
@@ -411,17 +434,42 @@ def _targets(revision: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(rev for rev in revision if rev not in ("", "base"))
 
 
+def build_steps(
+    *, project: Project, environment: Environment, revision: str | tuple[str, ...]
+) -> int:
+    """Count the steps a scratch database runs to reach `revision` from empty."""
+    database = project.database(environment)
+    graph = alembic_adapter.load_graph(database.script_location, database.python_path)
+    try:
+        targets = alembic_adapter.revision_ids(database, _targets(revision))
+    except DashboardError as error:
+        raise MigrationFailed(f"{BUILDING} failed: {error}") from error
+    return len(graph.ancestors(targets))
+
+
 @contextmanager
 def materialize(
-    *, environment: Environment, project: Project, revision: str | tuple[str, ...]
+    *,
+    environment: Environment,
+    project: Project,
+    revision: str | tuple[str, ...],
+    chunk_steps: int = CHUNK_STEPS,
+    progress: Progress | None = None,
 ) -> Iterator[URL]:
-    """Yield the URL of a scratch database upgraded to `revision` ("base" or () = empty)."""
+    """Yield the URL of a scratch database upgraded to `revision` ("base" or () = empty).
+
+    It is built `chunk_steps` revisions per upgrade command, each command in its own child;
+    `progress` hears "building the scratch database: step i of N" as each step begins.
+    """
     with scratch_database(environment=environment) as url:
         scratch = dataclasses.replace(project.database(environment), url=url)
-        for target in _targets(revision):
-            upgrade_in_child(
-                scratch, target=target, what=f"building a scratch database at {target}"
-            )
+        upgrade_in_chunks(
+            scratch,
+            targets=_targets(revision),
+            what=BUILDING,
+            chunk_steps=chunk_steps,
+            progress=progress,
+        )
         yield url
 
 
@@ -431,13 +479,83 @@ def diff_revisions(
     environment: Environment,
     from_revision: str | tuple[str, ...],
     to_revision: str | tuple[str, ...],
+    chunk_steps: int = CHUNK_STEPS,
+    progress: Progress | None = None,
 ) -> SchemaDiff:
-    """What the schema gains and loses between two revisions, on `environment`'s dialect."""
+    """What the schema gains and loses between two revisions, on `environment`'s dialect.
+
+    When one end lies below the other (an upgrade or a downgrade), one scratch database is
+    built to the lower end, read, upgraded on to the higher end and read again; ends on
+    different branches get a scratch database each.
+    """
+    database = project.database(environment)
+    graph = alembic_adapter.load_graph(database.script_location, database.python_path)
+    try:
+        ends = [
+            alembic_adapter.revision_ids(database, _targets(revision))
+            for revision in (from_revision, to_revision)
+        ]
+    except DashboardError as error:
+        raise MigrationFailed(f"{BUILDING} failed: {error}") from error
+    below = [graph.ancestors(end) for end in ends]
+    if below[0] == below[1]:
+        return SchemaDiff()  # the same revisions: the same schema
+    if below[0] <= below[1] or below[1] <= below[0]:
+        lower = 0 if below[0] <= below[1] else 1
+        schemas = _build_and_read(
+            project=project,
+            environment=environment,
+            ends=(ends[lower], ends[1 - lower]),
+            total=len(below[1 - lower]),
+            chunk_steps=chunk_steps,
+            progress=progress,
+        )
+        before, after = schemas if lower == 0 else schemas[::-1]
+        return compare(before, after)
+    total = len(below[0]) + len(below[1])
     schemas = []
-    for revision in (from_revision, to_revision):
-        with materialize(environment=environment, project=project, revision=revision) as url:
+    for end, done in ((ends[0], 0), (ends[1], len(below[0]))):
+        with scratch_database(environment=environment) as url:
+            scratch = dataclasses.replace(database, url=url)
+            upgrade_in_chunks(
+                scratch,
+                targets=end,
+                what=BUILDING,
+                chunk_steps=chunk_steps,
+                progress=progress,
+                steps_done=done,
+                steps_total=total,
+            )
             schemas.append(reflect_schema(url=url, version_table=environment.version_table))
     return compare(schemas[0], schemas[1])
+
+
+def _build_and_read(
+    *,
+    project: Project,
+    environment: Environment,
+    ends: tuple[tuple[str, ...], tuple[str, ...]],
+    total: int,
+    chunk_steps: int,
+    progress: Progress | None,
+) -> tuple[Schema, Schema]:
+    """Build one scratch database to the lower end, read it, go on to the higher one, read it."""
+    with scratch_database(environment=environment) as url:
+        scratch = dataclasses.replace(project.database(environment), url=url)
+        schemas: list[Schema] = []
+        done = 0
+        for end in ends:
+            done += upgrade_in_chunks(
+                scratch,
+                targets=end,
+                what=BUILDING,
+                chunk_steps=chunk_steps,
+                progress=progress,
+                steps_done=done,
+                steps_total=total,
+            )
+            schemas.append(reflect_schema(url=url, version_table=environment.version_table))
+        return schemas[0], schemas[1]
 
 
 def _live_schema(environment: Environment) -> Schema:
@@ -448,7 +566,13 @@ def _live_schema(environment: Environment) -> Schema:
     return reflect_schema(url=environment.url, version_table=environment.version_table)
 
 
-def drift(*, project: Project, environment: Environment) -> DriftReport:
+def drift(
+    *,
+    project: Project,
+    environment: Environment,
+    chunk_steps: int = CHUNK_STEPS,
+    progress: Progress | None = None,
+) -> DriftReport:
     """Compare a live database with what its recorded revisions say it should be."""
 
     def report(status: str, **kwargs: Any) -> DriftReport:
@@ -473,7 +597,13 @@ def drift(*, project: Project, environment: Environment) -> DriftReport:
                 "does not contain: its expected schema is unknown",
                 revisions=revisions,
             )
-        with materialize(environment=environment, project=project, revision=revisions) as url:
+        with materialize(
+            environment=environment,
+            project=project,
+            revision=revisions,
+            chunk_steps=chunk_steps,
+            progress=progress,
+        ) as url:
             expected = reflect_schema(url=url, version_table=environment.version_table)
         live = _live_schema(environment)
     except DashboardError as error:

@@ -798,6 +798,92 @@ def _heads_after(
     return _minimal_heads(graph, (set(heads) - {revision_id}) | set(revision.down_revisions))
 
 
+def revision_ids(database: TargetDatabase, revisions: Iterable[str]) -> tuple[str, ...]:
+    """Return the full ids these revisions name (ids, partial ids, "heads", branch forms)."""
+    graph = load_graph(database.script_location, database.python_path)
+    found: list[str] = []
+    for text in revisions:
+        for revision_id in (text,) if text in graph else resolve_revisions(database, text):
+            if revision_id not in found:
+                found.append(revision_id)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class UpgradeChunk:
+    """One upgrade command of a chunked build: to `target`, running `steps` revisions."""
+
+    target: str
+    steps: int
+
+
+def upgrade_chunks(
+    graph: RevisionGraph, *, current: Iterable[str], targets: Iterable[str], size: int
+) -> tuple[UpgradeChunk, ...]:
+    """Split an upgrade from `current` to `targets` into upgrades of at most `size` steps each.
+
+    The pending revisions are taken parents first (a branch stays together), `size` at a time;
+    each group is applied by upgrading to each of its heads in turn (revisions no other one of
+    the group builds on), so every command is an upgrade to one revision whose ancestors are
+    applied except those of its own group. Dependencies declared with `depends_on` are not in
+    the graph: Alembic applies them with the revision that needs them.
+    """
+    if size < 1:
+        raise ValueError(f"a chunk holds at least one step, not {size}")
+    order = _parents_first(graph, tuple(targets), graph.ancestors(current))
+    chunks: list[UpgradeChunk] = []
+    for start in range(0, len(order), size):
+        group = order[start : start + size]
+        members, covered = set(group), set()
+        for revision_id in group:
+            revision = graph.get(revision_id)
+            assert revision is not None
+            if members.isdisjoint(revision.next_revisions):
+                below = _ancestors_within(graph, revision_id, members) - covered
+                covered |= below
+                chunks.append(UpgradeChunk(target=revision_id, steps=len(below)))
+    return tuple(chunks)
+
+
+def _parents_first(graph: RevisionGraph, targets: tuple[str, ...], applied: set[str]) -> list[str]:
+    """The revisions below `targets` not yet applied, each after its parents (depth first)."""
+    order: list[str] = []
+    seen = set(applied)
+    for target in targets:
+        if target not in graph:
+            raise PlanError(f"unknown revision {target!r}")
+        stack: list[tuple[str, bool]] = [(target, False)]
+        while stack:
+            revision_id, parents_done = stack.pop()
+            if parents_done:
+                order.append(revision_id)
+                continue
+            if revision_id in seen:
+                continue
+            seen.add(revision_id)
+            stack.append((revision_id, True))
+            revision = graph.get(revision_id)
+            assert revision is not None
+            parents = [parent for parent in revision.down_revisions if parent not in seen]
+            stack.extend((parent, False) for parent in reversed(parents))
+    return order
+
+
+def _ancestors_within(graph: RevisionGraph, revision_id: str, members: set[str]) -> set[str]:
+    """`revision_id` and its ancestors, walking only through `members`."""
+    found: set[str] = set()
+    stack = [revision_id]
+    while stack:
+        current = stack.pop()
+        if current in found or current not in members:
+            continue
+        found.add(current)
+        revision = graph.get(current)
+        assert revision is not None
+        stack.extend(revision.down_revisions)
+    return found
+
+
 def _walk_up(graph: RevisionGraph, current: tuple[str, ...], count: int, requested: str) -> str:
     """Follow `count` single upgrade steps; refuse at a branch point or a merge."""
     start = ", ".join(current) or "base"

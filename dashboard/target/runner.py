@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from dashboard.errors import MigrationFailed, PlanChanged
+from dashboard.errors import EnvironmentUnreachable, MigrationFailed, PlanChanged, PlanError
 from dashboard.redact import redact
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.locks import LockBusy, TargetLock, lock_table_name
@@ -173,13 +173,81 @@ def run_in_child(
     )
 
 
-def upgrade_in_child(database: TargetDatabase, *, target: str, what: str) -> RunResult:
+def upgrade_in_child(
+    database: TargetDatabase,
+    *,
+    target: str,
+    what: str,
+    on_line: Callable[[str], None] | None = None,
+) -> RunResult:
     """Upgrade `database` to `target` in a child (building the demo, a scratch database);
-    raise MigrationFailed saying `what` failed, and why, when it does not succeed."""
-    result = run_in_child(database, operation="upgrade", target=target)
+    raise MigrationFailed saying `what` failed, where, and why, when it does not succeed."""
+    result = run_in_child(database, operation="upgrade", target=target, on_line=on_line)
     if not result.succeeded:
-        raise MigrationFailed(f"{what} failed: {result.failure_reason}")
+        failing = result.failure.revision if result.failure is not None else None
+        where = f" at revision {failing}" if failing else ""
+        raise MigrationFailed(f"{what} failed{where}: {result.failure_reason}")
     return result
+
+
+# At most this many revisions per upgrade command of a scratch build: a stock Flask-Migrate
+# env.py runs a whole upgrade in one transaction on PostgreSQL, and each CREATE TABLE holds
+# several locks until commit (the server's lock table holds about 6,400 by default).
+CHUNK_STEPS = 200
+# What the child prints as each step begins (_StepObserver._begin_step).
+_STEP_LINE = re.compile(r"^step (\d+) of (\d+): ")
+
+
+def upgrade_in_chunks(
+    database: TargetDatabase,
+    *,
+    targets: tuple[str, ...],
+    what: str,
+    chunk_steps: int = CHUNK_STEPS,
+    progress: Callable[[int, int, str], None] | None = None,
+    steps_done: int = 0,
+    steps_total: int | None = None,
+) -> int:
+    """Upgrade `database` to every revision of `targets`, one child per `chunk_steps` steps.
+
+    Whatever env.py does with transactions, no transaction spans more than `chunk_steps`
+    revisions. `progress(done, total, text)` hears of each step as it begins; `steps_done` and
+    `steps_total` place this upgrade within a larger build (e.g. one database built to the two
+    ends of a diff). Return how many steps ran; raise MigrationFailed saying where it failed.
+    """
+    try:
+        graph = alembic_adapter.load_graph(database.script_location, database.python_path)
+        wanted = alembic_adapter.revision_ids(database, targets)
+        current = alembic_adapter.read_current_revisions(database)
+        chunks = alembic_adapter.upgrade_chunks(
+            graph, current=current, targets=wanted, size=chunk_steps
+        )
+    except (PlanError, EnvironmentUnreachable) as error:
+        raise MigrationFailed(f"{what} failed: {error}") from error
+    total = steps_done + sum(chunk.steps for chunk in chunks)
+    total = max(total, steps_total or 0)
+    done = steps_done
+    for chunk in chunks:
+        on_line = None if progress is None else _step_reporter(progress, what, done, total)
+        upgrade_in_child(database, target=chunk.target, what=what, on_line=on_line)
+        done += chunk.steps
+    if progress is not None and done == total and total:
+        progress(done, total, f"{what}: {total:,} steps done")
+    return done - steps_done
+
+
+def _step_reporter(
+    progress: Callable[[int, int, str], None], what: str, done: int, total: int
+) -> Callable[[str], None]:
+    """An on_line callback that reports each step of one chunk as it begins."""
+
+    def on_line(line: str) -> None:
+        match = _STEP_LINE.match(line)
+        if match is not None:
+            step = done + int(match.group(1))
+            progress(step - 1, total, f"{what}: step {step:,} of {total:,}")
+
+    return on_line
 
 
 # --- the child ------------------------------------------------------------------------------
