@@ -2,9 +2,10 @@
 
 GET requests never write. A page shows an open rollout past its lifetime as expired
 (`Rollout.current_state`) and a running job whose heartbeat went stale as "interrupted?"
-(`jobs.heartbeat_is_stale`); this pass, run by each process's status refresher after every
-refresh, stores those states with their audit events. Each row is locked and looked at again
-before it is written, so when several processes run the pass at once each event is written once.
+(`jobs.heartbeat_is_stale`); this pass, run after every refresh by the status refresher of the
+one process that holds the refresher's lease (dashboard.scheduler), stores those states with
+their audit events. Each row is still locked and looked at again before it is written, so that
+a holder that lost its lease a moment ago and the new one never write an event twice.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _ids_of(doing: str, step: Callable[[], Iterable[object]]) -> list[int]:
 
 
 def init_app(app: Flask) -> None:
-    """Run the pass in this process's background status refresher, after every refresh."""
+    """Run the pass after every refresh of the status refresher (in the lease holder only)."""
 
     def housekeeping() -> None:
         with app.app_context():

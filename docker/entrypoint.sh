@@ -11,8 +11,8 @@
 #   BIND_HOST          address to bind (default 0.0.0.0)
 #   PORT               port to bind (default 8000)
 #   GUNICORN_WORKERS   worker processes (default 2)
-#   GUNICORN_THREADS   threads per worker (default 4); the status cache and its refresh thread
-#                      live in each worker process, so prefer threads over workers
+#   GUNICORN_THREADS   threads per worker (default 4); one process of the whole deployment (the
+#                      holder of a lease in the store) reads the statuses, every worker shows them
 #   GUNICORN_CMD_ARGS  any further gunicorn options (read by gunicorn itself)
 set -euo pipefail
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template, request
 
 from dashboard.auth import role_required
-from dashboard.environments import get_board, get_project
+from dashboard.environments import get_board, get_project, shared_statuses
 from dashboard.history.layout import ROW_HEIGHT, cached_layout
 from dashboard.htmx import is_htmx_request
+from dashboard.target.adapter import RevisionGraph
 from dashboard.templating import script_source, source_formatter
 from dashboard.users.models import Role
 
@@ -16,25 +17,27 @@ bp = Blueprint("history", __name__)
 PAGE_SIZE = 100
 
 
-def _applied_where() -> dict[str, set[str]]:
-    """Map each environment name to the revisions applied there (from the cached statuses)."""
-    board = get_board()
-    graph = board.graph()
-    return {
-        status.name: graph.ancestors(status.current)
-        for status in board.snapshot(wait=board.timeout + 2)
-    }
+def _applied_where(graph: RevisionGraph) -> dict[str, set[str]]:
+    """Map each environment name to the revisions applied there (from the stored statuses)."""
+    return {status.name: graph.ancestors(status.current) for status in shared_statuses()}
 
 
 @bp.get("/history")
 @role_required(Role.VIEWER)
 def history() -> str:
     """Every revision newest first, with the graph drawn beside it, a page at a time."""
-    graph = get_board().graph()
     try:
         page = max(1, int(request.args.get("page", "1")))
     except ValueError:
         abort(400, description="The page number must be a whole number.")
+    board = get_board()
+    # Parsing thousands of scripts takes seconds after a start: say so instead of waiting.
+    wait = current_app.config["FIRST_PAINT_SECONDS"]
+    graph = board.graph() if is_htmx_request() else board.graph_if_ready(wait=wait)
+    if graph is None:
+        return render_template(
+            "history/history.html", project=get_project(), graph=None, since=board.graph_asked_at
+        )
     start = (page - 1) * PAGE_SIZE
     if start and start >= len(graph):
         abort(404, description=f"There is no page {page}: the history has {len(graph)} revisions.")
@@ -46,7 +49,7 @@ def history() -> str:
         project=get_project(),
         graph=graph,
         rows=rows,
-        applied=_applied_where(),
+        applied=_applied_where(graph),
         page=page,
         has_more=start + PAGE_SIZE < len(graph),
         row_height=ROW_HEIGHT,
@@ -61,7 +64,7 @@ def revision(revision_id: str) -> str:
     found = graph.get(revision_id)
     if found is None:
         abort(404, description=f"No revision “{revision_id}” is in the script directory.")
-    applied = _applied_where()
+    applied = _applied_where(graph)
     return render_template(
         "history/revision.html",
         project=get_project(),
