@@ -43,11 +43,21 @@ class Config:
     STATUS_CONNECT_TIMEOUT = _float("DASHBOARD_CONNECT_TIMEOUT", 3.0)
     # Seconds between background status refreshes.
     STATUS_REFRESH_SECONDS = _float("DASHBOARD_REFRESH_SECONDS", 10.0)
+    # One process of a deployment reads the statuses and runs the housekeeping: the one holding
+    # a lease in the store, renewed three times per this many seconds. When it dies, another
+    # process takes over once the lease lapses.
+    STATUS_LEASE_SECONDS = _float("DASHBOARD_STATUS_LEASE_SECONDS", 30.0)
+    # Seconds a page may wait for what is still being read after a start (statuses, the script
+    # directory) before it answers with "reading…" for it; it fills in as the page polls.
+    FIRST_PAINT_SECONDS = _float("DASHBOARD_FIRST_PAINT_SECONDS", 0.25)
     # Seconds the runner waits for a target database's migration lock.
     JOB_LOCK_WAIT_SECONDS = _float("DASHBOARD_JOB_LOCK_WAIT", 10.0)
     # A running job's heartbeat period, and how old it may get before the job counts as dead.
     JOB_HEARTBEAT_SECONDS = _float("DASHBOARD_JOB_HEARTBEAT", 2.0)
     JOB_STALE_SECONDS = _float("DASHBOARD_JOB_STALE", 30.0)
+    # How long a job's supervisor keeps trying to store its log and outcome while the store
+    # refuses connections (the migration itself needs no store).
+    JOB_STORE_RETRY_SECONDS = _float("DASHBOARD_JOB_STORE_RETRY", 3600.0)
     # Hours a rollout may wait for approval and execution before it expires; 0 = never.
     ROLLOUT_LIFETIME_HOURS = _float("DASHBOARD_ROLLOUT_LIFETIME_HOURS", 72.0)
     # Bytes a request may carry; a bigger one is refused (413) before it is read or stored.
@@ -56,6 +66,12 @@ class Config:
     MAX_FORM_MEMORY_SIZE = MAX_CONTENT_LENGTH
     # Supervising threads in each web process.
     JOB_WORKERS = 4
+    # Threads for background tasks (schema diffs, rehearsals, drift checks, plan renders), apart
+    # from the jobs' so that a long rehearsal never holds up a migration.
+    TASK_WORKERS = _int("DASHBOARD_TASK_WORKERS", 2)
+    # Plans and schema diffs kept in each process's memory (least recently used go first).
+    PLAN_CACHE_SIZE = _int("DASHBOARD_PLAN_CACHE_SIZE", 128)
+    DIFF_CACHE_SIZE = _int("DASHBOARD_DIFF_CACHE_SIZE", 64)
     # A pooled store connection that died (a restart, a failover, an idle timeout) is replaced
     # before use instead of failing the next request.
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
@@ -85,6 +101,8 @@ class TestingConfig(Config):
     SECRET_KEY = "testing-secret-key"
     # Tests of the limit set their own; the others never meet it.
     EXPENSIVE_WORK_LIMIT = "10000 per minute"
+    # A test's first page shows what was read, as a person a moment after a start would see.
+    FIRST_PAINT_SECONDS = _float("DASHBOARD_FIRST_PAINT_SECONDS", 5.0)
     # Tests that check anchoring give each app its own file; the rest anchor nowhere.
     AUDIT_ANCHOR_FILE = os.environ.get("DASHBOARD_AUDIT_ANCHOR_FILE", "")
 

@@ -29,6 +29,7 @@ def create_app(
         health,
         housekeeping,
         models,
+        scheduler,
         templating,
     )
     from dashboard.audit import cli as audit_cli
@@ -47,6 +48,8 @@ def create_app(
     from dashboard.rollouts import cli as rollouts_cli
     from dashboard.rollouts import flows as rollout_flows
     from dashboard.rollouts import views as rollouts_views
+    from dashboard.tasks import flows as task_flows
+    from dashboard.tasks import views as tasks_views
     from dashboard.users import views as users_views
 
     app = Flask(__name__, instance_relative_config=True)
@@ -69,10 +72,15 @@ def create_app(
     security.init_app(app)
     # Threads start only when the first job is submitted; the executor is handed what it runs.
     app.extensions[EXECUTOR] = ThreadExecutor(
-        app, run=jobs_service.run_job, max_workers=app.config["JOB_WORKERS"]
+        app,
+        run=jobs_service.run_job,
+        run_task=task_flows.run_task,
+        max_workers=app.config["JOB_WORKERS"],
+        task_workers=app.config.get("TASK_WORKERS", 2),
     )
     app.extensions[jobs_service.JOB_FINISHED_HOOKS] = [rollout_flows.job_finished]
     housekeeping.init_app(app)  # runs in the status refresher's thread, once that starts
+    scheduler.init_app(app)  # …and only in the process holding the refresher's lease
     app.register_blueprint(health.bp)
     app.register_blueprint(auth_views.bp)
     app.register_blueprint(users_views.bp)
@@ -81,6 +89,7 @@ def create_app(
     app.register_blueprint(history_bp)
     app.register_blueprint(diffs_bp)
     app.register_blueprint(drift_bp)
+    app.register_blueprint(tasks_views.bp)
     app.register_blueprint(rollouts_views.bp)
     app.register_blueprint(audit_views.bp)
     return app
@@ -109,18 +118,21 @@ def _check_config(app: Flask, config_module: Any) -> None:
         ("JOB_LOCK_WAIT_SECONDS", "DASHBOARD_JOB_LOCK_WAIT"),
         ("JOB_HEARTBEAT_SECONDS", "DASHBOARD_JOB_HEARTBEAT"),
         ("JOB_STALE_SECONDS", "DASHBOARD_JOB_STALE"),
+        ("JOB_STORE_RETRY_SECONDS", "DASHBOARD_JOB_STORE_RETRY"),
+        ("STATUS_LEASE_SECONDS", "DASHBOARD_STATUS_LEASE_SECONDS"),
     ):
         value = app.config[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigurationError(
                 f"{variable} must be a positive number of seconds, not {value!r}"
             )
-    lifetime = app.config["ROLLOUT_LIFETIME_HOURS"]
-    if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime < 0:
-        raise ConfigurationError(
-            "DASHBOARD_ROLLOUT_LIFETIME_HOURS must be a number of hours (0 = never), "
-            f"not {lifetime!r}"
-        )
+    for key, variable, unit in (
+        ("ROLLOUT_LIFETIME_HOURS", "DASHBOARD_ROLLOUT_LIFETIME_HOURS", "hours (0 = never)"),
+        ("FIRST_PAINT_SECONDS", "DASHBOARD_FIRST_PAINT_SECONDS", "seconds (0 = do not wait)"),
+    ):
+        value = app.config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigurationError(f"{variable} must be a number of {unit}, not {value!r}")
     if app.config.get("REQUIRE_REAL_SECRET_KEY"):
         secret = app.config.get("SECRET_KEY") or ""
         if secret == config_module.INSECURE_SECRET_KEY or len(secret) < 32:

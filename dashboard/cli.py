@@ -6,19 +6,23 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from rich import progress as rich_progress
 
 from dashboard import demo
 from dashboard.cli_errors import reports_errors
+from dashboard.diffs.service import plan_schema_diff
 from dashboard.drift import service as drift
 from dashboard.environments import EnvironmentStatus, environment_named, get_board, get_project
 from dashboard.jobs import service as jobs
 from dashboard.plans.service import build_plan
-from dashboard.schema import diff_revisions
+from dashboard.progress import Progress, no_progress
 from dashboard.users import service as users
 from dashboard.users.models import Role
 
@@ -256,6 +260,27 @@ def jobs_command(as_json: bool, environment: str | None) -> None:
         )
 
 
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    """A progress callable that draws a bar on a terminal (gone when done); silent when piped."""
+    if not sys.stdout.isatty():
+        yield no_progress
+        return
+    columns = (
+        rich_progress.TextColumn("{task.description}"),
+        rich_progress.BarColumn(),
+        rich_progress.MofNCompleteColumn(),
+        rich_progress.TimeElapsedColumn(),
+    )
+    with rich_progress.Progress(*columns, transient=True) as bar:
+        shown = bar.add_task("starting", total=None)
+
+        def report(done: int, total: int, text: str) -> None:
+            bar.update(shown, completed=done, total=total or None, description=text)
+
+        yield report
+
+
 def _print_changes(diff) -> None:
     if diff.is_empty:
         click.echo("  (no schema changes)")
@@ -273,7 +298,10 @@ def diff_command(environment: str, target: str) -> None:
 
     project = get_project()
     env = environment_named(environment)
-    plan = build_plan(project=project, environment=env, direction="upgrade", target=target)
+    with _progress_bar() as progress:
+        plan = build_plan(
+            project=project, environment=env, direction="upgrade", target=target, progress=progress
+        )
     click.echo(
         f"{env.name}: upgrade to {target}, {len(plan.steps)} step(s), "
         f"fingerprint {plan.fingerprint}"
@@ -284,14 +312,11 @@ def diff_command(environment: str, target: str) -> None:
         click.echo(f"  {warning}")
     if not plan.is_empty:
         click.echo("schema diff:")
-        _print_changes(
-            diff_revisions(
-                project=project,
-                environment=env,
-                from_revision=plan.from_revisions or "base",
-                to_revision=plan.revision_ids[-1],
+        with _progress_bar() as progress:
+            changes = plan_schema_diff(
+                project=project, environment=env, plan=plan, progress=progress
             )
-        )
+        _print_changes(changes)
 
 
 @dashboard_cli.command("drift")
@@ -306,7 +331,10 @@ def drift_command(environment: str | None, as_json: bool) -> None:
 
     project = get_project()
     names = [environment] if environment else project.names
-    reports = [drift.check_drift(environment_name=name, checked_by=_cli_actor()) for name in names]
+    with _progress_bar() as progress:
+        reports = drift.check_environments(
+            environment_names=names, checked_by=_cli_actor(), progress=progress
+        )
     if as_json:
         click.echo(json.dumps([report.as_dict() for report in reports], indent=2))
     else:

@@ -172,7 +172,7 @@ def test_production_diff_shows_warning_schema_diff_and_downloads_sql(
     dropped.wait_for(timeout=30_000)
     assert page.locator('#schema-diff tr.change.added[data-name="status"]').count() == 1
 
-    page.get_by_role("link", name="Rehearse on a scratch database").click()
+    page.get_by_role("button", name="Rehearse on a scratch database").click()
     page.locator('#rehearsal-result [data-outcome="succeeded"]').first.wait_for(timeout=60_000)
     batch = page.locator('#rehearsal-result li[data-revision="7ca9ba531bc0"] pre.statements')
     assert "_alembic_tmp_customer" in batch.inner_text()
@@ -292,7 +292,10 @@ def test_drift_check_finds_a_hand_made_column_and_compares_environments(
     page.wait_for_url("**/drift")
     assert page.locator('tr[data-drift="not_checked"]').count() == 3
     page.get_by_role("button", name="Check all").click()
-    page.locator('tr[data-env="staging"][data-drift="drift"]').wait_for(timeout=60_000)
+    # The table fills in environment by environment while the task runs; then its progress goes.
+    page.locator("#drift .task-progress").wait_for(timeout=30_000)
+    page.locator("#drift .task-progress").wait_for(state="detached", timeout=90_000)
+    assert page.locator('tr[data-env="staging"][data-drift="drift"]').count() == 1
     assert page.locator('tr[data-drift="none"]').count() == 2
     detail = page.locator('tr.drift-detail[data-env="staging"]').inner_text()
     assert "nickname" in detail

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.helpers import Auth, execute
-from tests.test_views import HX, rows_of
+from tests.test_tasks import start_and_wait, wait_for_drift_checks
+from tests.test_views import rows_of
 
 DROP_USERNAME = "7ca9ba531bc0"
 BACKFILL = "8f60afaad46c"
@@ -38,11 +41,10 @@ def test_production_diff_shows_steps_warnings_and_offline_flags(demo_client):
 
 
 def test_schema_diff_of_the_production_upgrade_lists_exactly_the_changes(clients):
-    # A schema diff builds scratch databases: an operator's work (issue 13).
-    response = clients["operator"].get("/environments/production/diff/schema", headers=HX)
-    html = response.get_data(as_text=True)
+    # A schema diff builds scratch databases: an operator's work (issue 13), started by a POST
+    # and run as a task (issue 14).
+    html = start_and_wait(clients["operator"], "/environments/production/diff/schema")
 
-    assert response.status_code == 200
     assert "<html" not in html
     changes = set(
         re.findall(
@@ -83,9 +85,10 @@ def test_a_diff_between_two_revisions_on_the_environments_dialect(demo_client, c
     assert rows_of(html, "data-revision") == [BACKFILL, DROP_USERNAME]
     assert f"Diff {ADD_DISPLAY_NAME} → {DROP_USERNAME}" in html
 
-    schema = clients["operator"].get(
-        f"/environments/dev/diff/schema?from={ADD_DISPLAY_NAME}&to={DROP_USERNAME}", headers=HX
-    ).get_data(as_text=True)
+    schema = start_and_wait(
+        clients["operator"],
+        f"/environments/dev/diff/schema?from={ADD_DISPLAY_NAME}&to={DROP_USERNAME}",
+    )
     assert re.findall(r'class="change (\w+)" data-kind="(\w+)"', schema) == [("dropped", "column")]
 
     down = demo_client.get(
@@ -113,15 +116,12 @@ def test_drift_is_not_checked_until_asked_then_none(demo_app, clients):
     overview = viewer.get("/").get_data(as_text=True)
     assert overview.count("drift not checked") == 3
 
-    response = Auth(clients["operator"]).post(
-        "/drift/check", {"environment": "staging"}, headers=HX
-    )
-    html = response.get_data(as_text=True)
-    assert response.status_code == 200
+    html = start_and_wait(clients["operator"], "/drift/check", {"environment": "staging"})
     assert re.findall(r'data-env="staging" data-drift="(\w+)"', html) == ["none"]
     assert "no drift" in viewer.get("/").get_data(as_text=True)
 
 
+@pytest.mark.stores
 def test_a_hand_made_column_and_index_show_as_drift(demo_app, demo_folder, clients):
     execute(
         demo_url(demo_folder, "staging"),
@@ -129,7 +129,7 @@ def test_a_hand_made_column_and_index_show_as_drift(demo_app, demo_folder, clien
         "CREATE INDEX ix_customer_nickname ON customer (nickname)",
     )
     viewer = clients["viewer"]
-    html = Auth(clients["operator"]).post("/drift/check", headers=HX).get_data(as_text=True)
+    html = start_and_wait(clients["operator"], "/drift/check")
 
     assert re.findall(r'data-env="(\w+)" data-drift="(\w+)"', html) == [
         ("dev", "none"),
@@ -155,9 +155,7 @@ def test_drift_check_without_javascript_redirects_back(clients):
     response = Auth(clients["operator"]).post("/drift/check", {"environment": "dev"})
     assert response.status_code == 303
     assert response.headers["Location"].endswith("/drift")
-    assert 'data-env="dev" data-drift="none"' in clients["viewer"].get("/drift").get_data(
-        as_text=True
-    )
+    assert 'data-env="dev" data-drift="none"' in wait_for_drift_checks(clients["viewer"])
 
 
 def test_drift_check_needs_a_csrf_token(clients):

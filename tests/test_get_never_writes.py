@@ -26,6 +26,7 @@ from dashboard.extensions import db
 from dashboard.jobs.models import ActiveJob, Job
 from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.models import Rollout
+from dashboard.tasks.models import Task
 from dashboard.users import service as users
 from tests.helpers import TEST_PASSWORD, Auth, app_for_tree, make_app, upgrade_with_a_job
 
@@ -48,7 +49,7 @@ QUERIES = {
 # Routes that build scratch databases (seconds each): visited as the least role that may
 # (operator), a viewer (refused) and anonymous, as the htmx requests the pages make; every
 # other route checks the roles' paths.
-SCRATCH_BUILDERS = {"diffs.rehearsal", "diffs.schema", "rollouts.schema"}
+SCRATCH_BUILDERS = {"rollouts.schema"}  # the diff page's schema diff and rehearsal are POSTs
 
 
 class StoreWriteRefused(Exception):
@@ -97,6 +98,46 @@ def stale_running_job(environment: str = "dev") -> Job:
     return job
 
 
+def stored_tasks() -> list[Task]:
+    """A finished schema diff, a finished drift check, and a rehearsal whose process died an
+    hour ago (a task page shows it interrupted; only a later POST stores that)."""
+    an_hour_ago = utcnow() - timedelta(hours=1)
+    common = {"environment": "dev", "requested_by": "operator", "created_at": an_hour_ago}
+    tasks = [
+        Task(
+            kind="schema_diff",
+            key="a" * 64,
+            params={"args": {"operation": "upgrade", "target": "head"}},
+            state="succeeded",
+            result={"is_empty": True, "changes": []},
+            finished_at=utcnow(),
+            **common,
+        ),
+        Task(
+            kind="drift_check",
+            key="dev",
+            params={"environments": ["dev"]},
+            state="succeeded",
+            result={"reports": [{"environment": "dev", "status": "none"}]},
+            finished_at=utcnow(),
+            **common,
+        ),
+        Task(
+            kind="rehearsal",
+            key="b" * 64,
+            params={"args": {"operation": "upgrade", "target": "head"}},
+            state="running",
+            active_key="c" * 64,
+            started_at=an_hour_ago,
+            heartbeat_at=an_hour_ago,
+            **common,
+        ),
+    ]
+    db.session.add_all(tasks)
+    db.session.commit()
+    return tasks
+
+
 def overdue(rollout: Rollout) -> Rollout:
     """Move a rollout's expiry into the past, as time would."""
     rollout.expires_at = utcnow() - timedelta(minutes=1)
@@ -126,6 +167,7 @@ def lived_in(demo_app, clients) -> dict[str, list[str]]:
         stale = stale_running_job()
         finished = db.session.scalar(sa.select(Job).where(Job.state == "succeeded"))
         drift.check_drift(environment_name="dev", checked_by="admin")
+        tasks = stored_tasks()
         values = {
             "job_id": [str(stale.id), str(finished.id)],
             "rollout_id": [str(due.id), str(pending.id)],
@@ -133,6 +175,7 @@ def lived_in(demo_app, clients) -> dict[str, list[str]]:
             "revision_id": [HEAD],
             "user_id": [str(admin.id)],
             "filename": ["dashboard.css"],
+            "task_id": [str(task.id) for task in tasks],
         }
     # Keep the background pass out of the crawl: it may write, the pages may not.
     board = demo_app.extensions["dashboard.status_board"]

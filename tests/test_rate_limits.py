@@ -12,6 +12,7 @@ from dashboard.drift.models import DriftCheck
 from dashboard.extensions import db
 from tests.helpers import TEST_PASSWORD, Auth, add_user, make_app
 from tests.servers import HttpSession, server_environ
+from tests.test_tasks import wait_for_drift_checks
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -35,6 +36,7 @@ def test_drift_checks_past_the_limit_are_429_and_start_nothing(demo_folder: Path
 
     for _ in range(2):
         assert Auth(olga).post("/drift/check", {"environment": "dev"}).status_code == 303
+    wait_for_drift_checks(olga)  # checks run as background tasks (issue 14)
     checked_at = last_check_of(app, "dev")
     refused = Auth(olga).post("/drift/check", {"environment": "dev"})
 

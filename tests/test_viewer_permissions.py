@@ -15,6 +15,7 @@ from dashboard.audit.models import AuditEvent
 from dashboard.drift.models import DriftCheck
 from dashboard.extensions import db
 from tests.helpers import Auth, ScriptTree, add_user, app_for_tree, upgrade_with_a_job
+from tests.test_tasks import start_and_wait
 
 HX = {"HX-Request": "true"}
 
@@ -87,17 +88,39 @@ def text_of(response) -> str:
     return html.unescape(response.get_data(as_text=True))
 
 
-SCRATCH_GETS = {
-    "schema diff": ("/environments/dev/diff/schema", "A schema diff builds two scratch databases"),
-    "rehearsal": ("/environments/dev/diff/rehearsal", "A rehearsal builds a scratch database"),
-    "rollout schema diff": ("/rollouts/{rollout_id}/schema", "A schema diff builds two scratch"),
+# (method, path, why): schema diffs and rehearsals start with a POST (issue 14).
+SCRATCH_ROUTES = {
+    "schema diff": (
+        "POST",
+        "/environments/dev/diff/schema",
+        "A schema diff builds two scratch databases",
+    ),
+    "rehearsal": (
+        "POST",
+        "/environments/dev/diff/rehearsal",
+        "A rehearsal builds a scratch database",
+    ),
+    "rollout schema diff": (
+        "GET",
+        "/rollouts/{rollout_id}/schema",
+        "A schema diff builds two scratch",
+    ),
 }
 
 
-@pytest.mark.parametrize("route", sorted(SCRATCH_GETS))
+def ask(site, route: str, headers: dict | None = None):
+    """Ask for a scratch route as the viewer, the way its page does (GET, or a POST with CSRF)."""
+    method, path, _ = SCRATCH_ROUTES[route]
+    path = path.format(rollout_id=site.rollout_id)
+    if method == "POST":
+        return Auth(site.viewer).post(path, headers=headers or {})
+    return site.viewer.get(path, headers=headers or {})
+
+
+@pytest.mark.parametrize("route", sorted(SCRATCH_ROUTES))
 def test_a_viewer_gets_a_403_page_and_no_script_runs(site, route):
-    path, reason = SCRATCH_GETS[route]
-    response = site.viewer.get(path.format(rollout_id=site.rollout_id))
+    reason = SCRATCH_ROUTES[route][2]
+    response = ask(site, route)
     text = text_of(response)
 
     assert response.status_code == 403
@@ -106,28 +129,24 @@ def test_a_viewer_gets_a_403_page_and_no_script_runs(site, route):
     assert site.scripts_ran() == []
 
 
-@pytest.mark.parametrize("route", sorted(SCRATCH_GETS))
+@pytest.mark.parametrize("route", sorted(SCRATCH_ROUTES))
 def test_a_viewers_htmx_request_gets_a_403_fragment(site, route):
-    path, reason = SCRATCH_GETS[route]
-    response = site.viewer.get(path.format(rollout_id=site.rollout_id), headers=HX)
+    reason = SCRATCH_ROUTES[route][2]
+    response = ask(site, route, headers=HX)
     assert response.status_code == 403
     assert "<html" not in text_of(response) and reason in text_of(response)
     assert site.scripts_ran() == []
 
 
 def test_an_operator_gets_the_schema_diff_built_on_scratch_databases(site):
-    response = site.operator.get("/environments/dev/diff/schema", headers=HX)
-    text = text_of(response)
-    assert response.status_code == 200, text[:800]
+    text = start_and_wait(site.operator, "/environments/dev/diff/schema")
     assert re.search(r'class="change added" data-kind="table" data-table="t1"', text)
     ran = site.scripts_ran()
     assert ran and not any(url.endswith("/dev.db") for url in ran)
 
 
 def test_an_operator_rehearses_on_a_scratch_database(site):
-    response = site.operator.get("/environments/dev/diff/rehearsal", headers=HX)
-    text = text_of(response)
-    assert response.status_code == 200, text[:800]
+    text = start_and_wait(site.operator, "/environments/dev/diff/rehearsal")
     assert 'data-outcome="succeeded"' in text
     ran = site.scripts_ran()
     assert ran and not any(url.endswith("/dev.db") for url in ran)
@@ -153,9 +172,8 @@ def test_a_viewer_cannot_check_drift_and_the_refusal_is_audited(site):
 
 
 def test_an_operator_checks_drift_and_the_viewer_sees_the_stored_report(site):
-    response = Auth(site.operator).post("/drift/check", {"environment": "dev"}, headers=HX)
-    assert response.status_code == 200
-    assert 'data-env="dev" data-drift="none"' in text_of(response)
+    text = start_and_wait(site.operator, "/drift/check", {"environment": "dev"})
+    assert 'data-env="dev" data-drift="none"' in text
     assert site.drift_checks() == 1 and site.scripts_ran()
 
     page = text_of(site.viewer.get("/drift"))
@@ -185,8 +203,8 @@ def test_the_viewer_sees_the_diff_page_without_the_scratch_work(site):
     assert site.scripts_ran() == []
 
     operator_page = text_of(site.operator.get("/environments/dev/diff"))
-    assert 'hx-get="/environments/dev/diff/schema' in operator_page
-    assert 'hx-get="/environments/dev/diff/rehearsal' in operator_page
+    assert 'hx-post="/environments/dev/diff/schema' in operator_page
+    assert 'hx-post="/environments/dev/diff/rehearsal' in operator_page
 
 
 def test_the_viewer_sees_the_rollout_without_loading_its_schema_diff(site):

@@ -1,21 +1,37 @@
-"""Diff page: per step the script and its SQL, warnings, the schema diff, a rehearsal, SQL file."""
+"""Diff page: per step the script and its SQL, warnings, the schema diff, a rehearsal, SQL file.
+
+Schema diffs, rehearsals and the SQL of a long plan are background tasks (dashboard.tasks): a
+POST starts one (or joins the one under way), the page shows its progress and then its result.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 
-from flask import Blueprint, Response, abort, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask.typing import ResponseReturnValue
+from flask_login import current_user
 
 from dashboard.auth import role_required
-from dashboard.diffs import service as diffs
 from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
 from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
-from dashboard.plans.rehearsal import rehearse
-from dashboard.plans.service import Plan, build_plan
+from dashboard.plans.service import Plan, render_plan, render_steps
+from dashboard.tasks import flows
+from dashboard.tasks import service as tasks
 from dashboard.users.models import Role
 
 bp = Blueprint("diffs", __name__)
@@ -29,6 +45,8 @@ REHEARSAL_NEEDS = (
     "A rehearsal builds a scratch database on the environment's server and runs the plan's "
     "scripts there"
 )
+# Steps a diff page shows at once; a longer plan is paged and renders its SQL as a task.
+DEFAULT_PAGE_STEPS = 50
 
 
 def _request_args() -> dict[str, str]:
@@ -45,26 +63,60 @@ def _request_args() -> dict[str, str]:
     return {"operation": operation, "target": request.args.get("target", "").strip() or default}
 
 
-def _plan(environment: Environment, args: dict[str, str]) -> Plan:
-    project = get_project()
-    if "from" in args:
-        return diffs.revision_plan(
-            project=project,
-            environment=environment,
-            from_revision=args["from"],
-            to_revision=args["to"],
+@dataclass(frozen=True)
+class Paging:
+    """Which steps of a long plan this page shows."""
+
+    page: int
+    pages: int
+    size: int
+    total: int
+
+    @property
+    def start(self) -> int:
+        return (self.page - 1) * self.size
+
+    @property
+    def stop(self) -> int:
+        return min(self.total, self.page * self.size)
+
+
+def _paging(total: int) -> Paging:
+    size = max(1, int(current_app.config.get("DIFF_PAGE_STEPS", DEFAULT_PAGE_STEPS)))
+    raw = request.args.get("page", "1").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        abort(400, description=f"The page must be a whole number from 1, not “{raw[:20]}”.")
+    pages = max(1, math.ceil(total / size))
+    return Paging(page=min(int(raw), pages), pages=pages, size=size, total=total)
+
+
+def _diff_context(environment: Environment, args: dict[str, str]) -> dict[str, object]:
+    """The plan, the steps this page shows with their SQL, and the tasks about this plan."""
+    steps_plan = flows.plan_for_request(environment=environment, args=args, render=False)
+    shown = {
+        kind: tasks.current_task(
+            kind=kind, environment=environment.name, key=steps_plan.fingerprint
         )
-    return build_plan(
-        project=project,
-        environment=environment,
-        direction=args["operation"],
-        target=args["target"],
-    )
-
-
-def _fragment_or_page(fragment: str, **context: object) -> str:
-    template = fragment if is_htmx_request() else "diffs/section.html"
-    return render_template(template, fragment=fragment, **context)
+        for kind in (flows.PLAN, flows.SCHEMA_DIFF, flows.REHEARSAL)
+    }
+    views = {kind: flows.view_of(task) if task else None for kind, task in shown.items()}
+    paging = _paging(len(steps_plan.steps))
+    if paging.pages == 1:
+        plan = flows.plan_for_request(environment=environment, args=args)
+        return {"plan": plan, "steps": plan.steps, "paging": None, "tasks": views}
+    rendered = flows.rendered_plan_from(plan=steps_plan, task=shown[flows.PLAN])
+    if rendered is not None:
+        steps = rendered.steps[paging.start : paging.stop]
+    else:
+        steps = render_steps(
+            project=get_project(),
+            environment=environment,
+            plan=steps_plan,
+            start=paging.start,
+            stop=paging.stop,
+        )
+    plan = rendered or steps_plan
+    return {"plan": plan, "steps": steps, "paging": paging, "tasks": views}
 
 
 @bp.get("/environments/<name>/diff")
@@ -73,49 +125,61 @@ def diff(name: str) -> ResponseReturnValue:
     """What a plan would do to an environment, or what lies between two revisions."""
     environment = environment_or_404(name)
     args = _request_args()
-    plan, error = None, None
+    context: dict[str, object] = {"plan": None, "error": None, "tasks": {}}
     try:
-        plan = _plan(environment, args)
+        context.update(_diff_context(environment, args))
     except DashboardError as problem:
-        error = str(problem)
-    return render_template("diffs/diff.html", env=environment, args=args, plan=plan, error=error)
+        context["error"] = str(problem)
+    return render_template("diffs/diff.html", env=environment, args=args, **context)
 
 
-@bp.get("/environments/<name>/diff/schema")
+def _start(kind: str, name: str) -> ResponseReturnValue:
+    """Start (or join) a task about the plan the query string names; show its progress."""
+    environment = environment_or_404(name)
+    task = flows.start_plan_task(
+        kind=kind,
+        environment=environment,
+        args=_request_args(),
+        actor=current_user.username,
+        again=request.form.get("again") == "1",
+    )
+    if is_htmx_request():
+        return render_template("tasks/_task.html", view=flows.view_of(task))
+    return redirect(url_for("tasks.task", task_id=task.id), code=303)
+
+
+@bp.post("/environments/<name>/diff/schema")
 @role_required(Role.OPERATOR, why=SCHEMA_DIFF_NEEDS)
 @expensive_work
 def schema(name: str) -> ResponseReturnValue:
-    """The schema diff of a plan: built at both ends in scratch databases and compared."""
-    environment = environment_or_404(name)
-    args = _request_args()
-    changes, error = None, None
-    try:
-        plan = _plan(environment, args)
-        changes = diffs.plan_schema_diff(project=get_project(), environment=environment, plan=plan)
-    except DashboardError as problem:
-        error = str(problem)
-    return _fragment_or_page(
-        "diffs/_schema.html", env=environment, args=args, changes=changes, error=error
-    )
+    """Start the schema diff of a plan: built at both ends in scratch databases and compared."""
+    return _start(flows.SCHEMA_DIFF, name)
 
 
-@bp.get("/environments/<name>/diff/rehearsal")
+@bp.post("/environments/<name>/diff/rehearsal")
 @role_required(Role.OPERATOR, why=REHEARSAL_NEEDS)
 @expensive_work
 def rehearsal(name: str) -> ResponseReturnValue:
-    """Run the plan on a scratch copy at the starting revision and show what really ran."""
+    """Start a rehearsal: the plan run on a scratch copy at the starting revision."""
+    return _start(flows.REHEARSAL, name)
 
-    environment = environment_or_404(name)
-    args = _request_args()
-    result, error = None, None
-    try:
-        plan = _plan(environment, args)
-        result = rehearse(project=get_project(), environment=environment, plan=plan)
-    except DashboardError as problem:
-        error = str(problem)
-    return _fragment_or_page(
-        "diffs/_rehearsal.html", env=environment, args=args, rehearsal=result, error=error
-    )
+
+@bp.post("/environments/<name>/diff/render")
+@role_required(Role.VIEWER)
+@expensive_work
+def render(name: str) -> ResponseReturnValue:
+    """Start rendering the SQL of every step of a long plan."""
+    return _start(flows.PLAN, name)
+
+
+def _rendered_plan(environment: Environment, args: dict[str, str]) -> Plan:
+    """The plan with every step's SQL: from a finished render task if there is one."""
+    plan = flows.plan_for_request(environment=environment, args=args, render=False)
+    task = tasks.current_task(kind=flows.PLAN, environment=environment.name, key=plan.fingerprint)
+    rendered = flows.rendered_plan_from(plan=plan, task=task)
+    if rendered is not None:
+        return rendered
+    return render_plan(project=get_project(), environment=environment, plan=plan)
 
 
 @bp.get("/environments/<name>/diff.sql")
@@ -123,7 +187,7 @@ def rehearsal(name: str) -> ResponseReturnValue:
 def sql_file(name: str) -> ResponseReturnValue:
     """The whole plan's SQL as a file, each step under a comment naming it."""
     environment = environment_or_404(name)
-    plan = _plan(environment, _request_args())
+    plan = _rendered_plan(environment, _request_args())
     header = [
         f"-- {get_project().name}: {plan.direction} of {environment.name} "
         f"({environment.dialect}) from {', '.join(plan.from_revisions) or 'base'} "

@@ -14,6 +14,7 @@ from dashboard.drift.models import DriftCheck
 from dashboard.environments import get_project
 from dashboard.errors import UnknownEnvironment
 from dashboard.extensions import db
+from dashboard.progress import Progress, no_progress
 from dashboard.schema import DriftReport, drift
 
 # One check per environment at a time in this process: a double click waits for the first.
@@ -21,7 +22,33 @@ _checking: dict[str, threading.Lock] = {}
 _checking_lock = threading.Lock()
 
 
-def check_drift(*, environment_name: str, checked_by: str) -> DriftReport:
+def check_environments(
+    *, environment_names: list[str], checked_by: str, progress: Progress = no_progress
+) -> list[DriftReport]:
+    """Check each named environment in turn, telling `progress` "environment i of N: name"."""
+    reports = []
+    total = len(environment_names)
+    for index, name in enumerate(environment_names):
+        where = f"environment {index + 1} of {total}: {name}"
+        progress(index, total, where)
+        within = _within(progress, done=index, total=total, where=where)
+        reports.append(check_drift(environment_name=name, checked_by=checked_by, progress=within))
+    progress(total, total, f"checked {total} environment{'' if total == 1 else 's'}")
+    return reports
+
+
+def _within(progress: Progress, *, done: int, total: int, where: str) -> Progress:
+    """The progress of one environment's check, told as part of checking all of them."""
+
+    def within(step: int, steps: int, text: str) -> None:
+        progress(done, total, f"{where}: {text}" if text else where)
+
+    return within
+
+
+def check_drift(
+    *, environment_name: str, checked_by: str, progress: Progress = no_progress
+) -> DriftReport:
     """Check one environment now and keep the report as its newest."""
     project = get_project()
     environment = project.get(environment_name)
@@ -32,7 +59,7 @@ def check_drift(*, environment_name: str, checked_by: str) -> DriftReport:
     with gate:
         # No store transaction is open while the scratch database is built (SQLite: the lock).
         db.session.commit()
-        report = drift(project=project, environment=environment)
+        report = drift(project=project, environment=environment, progress=progress)
         row = db.session.get(DriftCheck, environment.name) or DriftCheck(
             environment=environment.name
         )

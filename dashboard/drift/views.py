@@ -1,4 +1,8 @@
-"""Drift page: live schemas against their revisions, and two environments side by side."""
+"""Drift page: live schemas against their revisions, and two environments side by side.
+
+A check runs as a background task (dashboard.tasks): the table shows its progress, then the
+reports it stored.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,13 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
 from dashboard.auth import role_required
-from dashboard.drift import service as drift
 from dashboard.environments import environment_or_404, get_project
-from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
 from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
 from dashboard.schema import compare_live
+from dashboard.tasks import flows as task_flows
+from dashboard.tasks.views import fragment as task_fragment
 from dashboard.users.models import Role
 
 bp = Blueprint("drift", __name__)
@@ -26,31 +30,27 @@ CHECK_NEEDS = (
 COMPARE_NEEDS = "A comparison connects to both environments' databases and reads their schemas"
 
 
-def _rows() -> list[tuple[Environment, object]]:
-    reports = drift.latest_reports()
-    return [(env, reports.get(env.name)) for env in get_project().environments]
-
-
 @bp.get("/drift")
 @role_required(Role.VIEWER)
 def index() -> ResponseReturnValue:
-    """Every environment's latest drift report, and a form to compare two environments."""
+    """Every environment's latest drift report, the checks under way, and a form to compare."""
     template = "drift/_table.html" if is_htmx_request() else "drift/index.html"
-    return render_template(template, rows=_rows())
+    return render_template(
+        template, rows=task_flows.drift_rows(), drift_tasks=task_flows.drift_tasks()
+    )
 
 
 @bp.post("/drift/check")
 @role_required(Role.OPERATOR, why=CHECK_NEEDS)
 @expensive_work
 def check() -> ResponseReturnValue:
-    """Check one environment (`environment` in the form) or all of them now."""
-    project = get_project()
+    """Start checking one environment (`environment` in the form) or all of them."""
     name = request.form.get("environment", "").strip()
-    targets = [environment_or_404(name)] if name else list(project.environments)
-    for environment in targets:
-        drift.check_drift(environment_name=environment.name, checked_by=current_user.username)
+    task = task_flows.start_drift_check(
+        environment=environment_or_404(name) if name else None, actor=current_user.username
+    )
     if is_htmx_request():
-        return render_template("drift/_table.html", rows=_rows())
+        return task_fragment(task_flows.view_of(task))
     return redirect(url_for("drift.index"), code=303)
 
 

@@ -13,22 +13,33 @@ transactions (`Plan.transactions`), and `Plan.sql` brackets them that way.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
+from flask import current_app, has_app_context
 
 from dashboard.environments.loader import Environment, Project
 from dashboard.errors import PlanError
 from dashboard.limits import check_length
 from dashboard.plans.warnings import plan_warnings
+from dashboard.progress import Progress, no_progress
 from dashboard.target import adapter as alembic_adapter
-from dashboard.target.renderer import render_in_child, without_password
+from dashboard.target.renderer import RenderedStep, render_in_child, without_password
 
-_CACHE_SIZE = 128
+# Plans kept per process (app config PLAN_CACHE_SIZE); each holds its steps' SQL.
+DEFAULT_PLAN_CACHE_SIZE = 128
+# A plan renders in one child process per slice of steps, so that its progress can be told:
+# each child pays about a second of start-up, so a slice is at least this many steps, and a
+# plan has at most RENDER_SLICES of them (1,000 steps: 5 children, about 15% over one).
+RENDER_SLICE_STEPS = 200
+RENDER_SLICES = 5
 
 # How a run groups its steps into transactions (Plan.transactions), as Alembic does it online.
 ONE_TRANSACTION = "one"  # transactional DDL: one transaction for the whole run
@@ -47,6 +58,8 @@ class PlanStep:
     path: Path
     sql: str | None  # None when it cannot render offline
     unrenderable_reason: str | None
+    # The revisions the database holds just before this step: what its SQL renders from.
+    heads_before: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,8 +159,20 @@ def transactions_sentence(*, transactions: str, dialect: str, steps: int) -> str
     )
 
 
-_plan_cache: OrderedDict[tuple[Any, ...], Plan] = OrderedDict()
-_plan_cache_lock = threading.Lock()
+_plan_cache: LRUCache = LRUCache(maxsize=DEFAULT_PLAN_CACHE_SIZE)
+_plan_cache_lock = threading.Lock()  # an LRUCache reorders itself on every read
+
+
+def _cache() -> LRUCache:
+    """This process's plan cache, sized by the app's PLAN_CACHE_SIZE (started anew on a change)."""
+    global _plan_cache
+    size = DEFAULT_PLAN_CACHE_SIZE
+    if has_app_context():
+        size = max(1, int(current_app.config.get("PLAN_CACHE_SIZE", DEFAULT_PLAN_CACHE_SIZE)))
+    with _plan_cache_lock:
+        if _plan_cache.maxsize != size:
+            _plan_cache = LRUCache(maxsize=size)
+        return _plan_cache
 
 
 def build_plan(
@@ -159,11 +184,12 @@ def build_plan(
     current: tuple[str, ...] | None = None,
     timeout: float = 3.0,
     render: bool = True,
+    progress: Progress = no_progress,
 ) -> Plan:
     """Resolve the target against the current revision(s) and render each step's SQL.
 
     With `render=False` the plan has its steps but no SQL (nothing runs env.py offline): what a
-    CLI run binds to, which shows its steps and no SQL.
+    CLI run binds to, which shows its steps and no SQL. `progress` hears "rendered i of N steps".
     """
     if direction not in ("upgrade", "downgrade"):
         raise PlanError(f"unknown direction {direction!r}: use upgrade or downgrade")
@@ -187,12 +213,11 @@ def build_plan(
         alembic_adapter.script_signature(script_location),
         render,
     )
+    cache = _cache()
     with _plan_cache_lock:
-        cached = _plan_cache.get(key)
-        if cached is not None:
-            _plan_cache.move_to_end(key)
-            return cached
-
+        cached = cache.get(key)
+    if cached is not None:
+        return cached
     plan = _make_plan(
         project=project,
         environment=environment,
@@ -200,18 +225,66 @@ def build_plan(
         target=target,
         current=current,
         render=render,
+        progress=progress,
     )
     with _plan_cache_lock:
-        _plan_cache[key] = plan
-        while len(_plan_cache) > _CACHE_SIZE:
-            _plan_cache.popitem(last=False)
+        cache[key] = plan
     return plan
+
+
+def render_plan(
+    *, project: Project, environment: Environment, plan: Plan, progress: Progress = no_progress
+) -> Plan:
+    """Render the SQL of every step of a steps-only `plan`, from the revisions it was made at."""
+    if plan.rendered:
+        return plan
+    return build_plan(
+        project=project,
+        environment=environment,
+        direction=plan.direction,
+        target=plan.requested_target,
+        current=plan.from_revisions,
+        progress=progress,
+    )
+
+
+def render_steps(
+    *, project: Project, environment: Environment, plan: Plan, start: int, stop: int
+) -> tuple[PlanStep, ...]:
+    """Return the steps `plan.steps[start:stop]` with their SQL (one child renders them)."""
+    chosen = plan.steps[start:stop]
+    if plan.rendered or not chosen:
+        return chosen
+    rendered = render_in_child(
+        project.database(environment),
+        direction=plan.direction,
+        steps=[(step.revision_id, step.heads_before) for step in chosen],
+    )
+    return tuple(
+        dataclasses.replace(step, sql=output.sql, unrenderable_reason=output.unrenderable_reason)
+        for step, output in zip(chosen, rendered, strict=True)
+    )
 
 
 def clear_plan_cache() -> None:
     """Forget every cached plan."""
     with _plan_cache_lock:
         _plan_cache.clear()
+
+
+def _render_in_slices(
+    database: Any, *, direction: str, steps: list[tuple[str, tuple[str, ...]]], progress: Progress
+) -> list[RenderedStep]:
+    """Render the steps in a few children, telling `progress` after each."""
+    size = max(RENDER_SLICE_STEPS, math.ceil(len(steps) / RENDER_SLICES))
+    rendered: list[RenderedStep] = []
+    progress(0, len(steps), f"rendering the SQL of {len(steps)} steps")
+    for start in range(0, len(steps), size):
+        rendered += render_in_child(
+            database, direction=direction, steps=steps[start : start + size]
+        )
+        progress(len(rendered), len(steps), f"rendered {len(rendered)} of {len(steps)} steps")
+    return rendered
 
 
 def _make_plan(
@@ -222,6 +295,7 @@ def _make_plan(
     target: str,
     current: tuple[str, ...],
     render: bool,
+    progress: Progress = no_progress,
 ) -> Plan:
     assert environment.url is not None
     script_location = project.script_location
@@ -230,10 +304,11 @@ def _make_plan(
         database, current=current, direction=direction, target=target
     )
     if render:
-        rendered = render_in_child(
+        rendered = _render_in_slices(
             database,
             direction=direction,
             steps=list(zip(resolved.revision_ids, resolved.heads_before, strict=True)),
+            progress=progress,
         )
         assert [output.revision_id for output in rendered] == list(resolved.revision_ids)
         outputs = [(output.sql, output.unrenderable_reason) for output in rendered]
@@ -241,8 +316,8 @@ def _make_plan(
         outputs = [(None, None)] * len(resolved.revision_ids)
     graph = alembic_adapter.load_graph(script_location, environment.python_path)
     steps = []
-    for revision_id, (sql, unrenderable_reason) in zip(
-        resolved.revision_ids, outputs, strict=True
+    for revision_id, heads_before, (sql, unrenderable_reason) in zip(
+        resolved.revision_ids, resolved.heads_before, outputs, strict=True
     ):
         revision = graph.get(revision_id)
         assert revision is not None
@@ -254,6 +329,7 @@ def _make_plan(
                 path=revision.path,
                 sql=sql,
                 unrenderable_reason=unrenderable_reason,
+                heads_before=tuple(heads_before),
             )
         )
     transactions = run_transactions(environment=environment)

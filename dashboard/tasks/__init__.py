@@ -1,0 +1,1 @@
+"""Background tasks with progress: plan renders, schema diffs, rehearsals and drift checks."""
