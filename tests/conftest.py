@@ -20,18 +20,87 @@ from tests.helpers import (
     AUDIT_HMAC_KEY,
     BACKENDS,
     CHROMIUM,
+    DEFAULT_STORE_BACKEND,
+    DROPPER,
     HTMX_COPY,
     IN_CI,
+    STORE_BACKENDS,
+    STORE_TEMPLATES,
     Auth,
     DatabaseFactory,
     ScriptTree,
+    StoreTemplates,
     build_demo,
     make_app,
     open_tab,
+    shut_down,
     upgrade_store,
     write_demo_environments,
 )
 from tests.servers import Server, start_gunicorn, stop_group, wait_until_serving
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "stores: the test runs once per store backend (SQLite, PostgreSQL): `store_backend` and "
+        "the fixtures built on it (`app`, `demo_app`, `clients`, `store_database`, …) put the "
+        "dashboard's own store there",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts gunicorn servers is `slow`, as are those marked so by hand."""
+    for item in items:
+        if "gunicorn" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `stores` whose fixtures reach `store_backend` runs once per store backend
+    (unless it parametrizes `store_backend` itself, e.g. with TARGETS_AND_STORES)."""
+    chosen = any(
+        "store_backend" in str(mark.args[0])
+        for mark in metafunc.definition.iter_markers("parametrize")
+    )
+    if (
+        "store_backend" in metafunc.fixturenames
+        and metafunc.definition.get_closest_marker("stores")
+        and not chosen
+    ):
+        metafunc.parametrize(
+            "store_backend",
+            STORE_BACKENDS,
+            indirect=True,
+            ids=[f"{backend}-store" for backend in STORE_BACKENDS],
+        )
+
+
+@pytest.fixture
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """Where the dashboard's own store lives: each of STORE_BACKENDS in turn for a test marked
+    `stores`, else SQLite (or TEST_STORE_BACKEND, to run any test on a PostgreSQL store)."""
+    return getattr(request, "param", DEFAULT_STORE_BACKEND)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def store_templates() -> Iterator[StoreTemplates]:
+    """The upgraded stores this process copies for tests; at the end of the run they are
+    dropped, once every throwaway database the tests asked DROPPER to drop is gone."""
+    yield STORE_TEMPLATES
+    try:
+        DROPPER.wait()
+    finally:
+        STORE_TEMPLATES.drop()
+
+
+@pytest.fixture
+def store_database(store_backend: str, tmp_path: Path) -> Iterator[URL]:
+    """A throwaway store on `store_backend`, already upgraded to head (a copy of a template);
+    dropped, connections and all, after the test."""
+    factory = DatabaseFactory(store_backend, tmp_path)
+    yield factory.create(template=STORE_TEMPLATES.store(store_backend))
+    factory.drop_all()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -146,15 +215,30 @@ def demo_environments(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def app(tmp_path: Path, demo_environments: Path):
-    """The dashboard on the demo environments, with its store in a temporary folder."""
-    return create_app(
+def app(tmp_path: Path, demo_environments: Path, store_backend: str):
+    """The dashboard on the demo environments, with an empty store: a file in a temporary folder,
+    or an empty PostgreSQL database (see `store_backend`)."""
+    if store_backend == "sqlite":
+        yield create_app(
+            "testing",
+            {
+                "ENVIRONMENTS_FILE": str(demo_environments),
+                "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'store.db'}",
+            },
+        )
+        return
+    factory = DatabaseFactory(store_backend, tmp_path)
+    store = factory.create()
+    app = create_app(
         "testing",
         {
             "ENVIRONMENTS_FILE": str(demo_environments),
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'store.db'}",
+            "SQLALCHEMY_DATABASE_URI": store.render_as_string(hide_password=False),
         },
     )
+    yield app
+    shut_down(app)
+    factory.drop_all()
 
 
 @pytest.fixture
@@ -198,9 +282,20 @@ def demo_folder(built_demo: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def demo_app(demo_folder: Path):
-    """The dashboard on a built demo: dev at head, staging 2 behind, production 5 behind."""
-    return make_app(demo_folder)
+def demo_app(demo_folder: Path, store_backend: str, tmp_path: Path):
+    """The dashboard on a built demo: dev at head, staging 2 behind, production 5 behind. Its
+    store is the demo's SQLite file, or (see `store_backend`) a PostgreSQL copy of the demo's
+    store: the same users, with the same passwords."""
+    if store_backend == "sqlite":
+        yield make_app(demo_folder)
+        return
+    factory = DatabaseFactory(store_backend, tmp_path)
+    passwords = json.loads((demo_folder / "passwords.json").read_text())
+    store = factory.create(template=STORE_TEMPLATES.demo(passwords))
+    app = make_app(demo_folder, SQLALCHEMY_DATABASE_URI=store.render_as_string(hide_password=False))
+    yield app
+    shut_down(app)
+    factory.drop_all()
 
 
 @pytest.fixture
@@ -245,9 +340,11 @@ def cheap_password_hashes() -> Iterator[None]:
 
 @pytest.fixture(params=BACKENDS)
 def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
-    """An empty throwaway store database on each backend."""
+    """A throwaway store database on each backend, for `upgrade_store` to bring to head: on
+    SQLite and PostgreSQL a copy of a template already there, on MariaDB an empty one."""
     factory = DatabaseFactory(request.param, tmp_path)
-    yield factory.create()
+    template = None if request.param == "mariadb" else STORE_TEMPLATES.store(request.param)
+    yield factory.create(template=template)
     factory.drop_all()
 
 

@@ -3,13 +3,19 @@ sign-in, and jobs. Fixtures live in conftest.py; tests import these from here.""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import queue
 import re
 import shutil
+import tempfile
 import textwrap
+import threading
 import uuid
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -22,6 +28,8 @@ from dashboard.extensions import db
 from dashboard.htmx import HTMX_CDN_URL
 from dashboard.jobs import service as jobs
 from dashboard.plans.service import build_plan
+from dashboard.users import service as users
+from dashboard.users.models import Role
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +51,44 @@ SERVERS = {
 BACKENDS = ["sqlite", "postgresql", "mariadb"]
 
 
+# Where a test marked `stores` puts the dashboard's own store, in turn. Other tests keep it on
+# SQLite, or on TEST_STORE_BACKEND (e.g. `TEST_STORE_BACKEND=postgresql pytest tests/x.py`).
+STORE_BACKENDS = ["sqlite", "postgresql"]
+DEFAULT_STORE_BACKEND = os.environ.get("TEST_STORE_BACKEND", "sqlite")
+assert DEFAULT_STORE_BACKEND in STORE_BACKENDS, f"TEST_STORE_BACKEND is one of {STORE_BACKENDS}"
+# For `parametrize(("backend", "store_backend"), TARGETS_AND_STORES, indirect=True)`: every
+# target backend with the store on SQLite (the ids `backend` gives), plus a PostgreSQL target with
+# its store on PostgreSQL too: the PostgreSQL store at the cost of one more run, not three.
+TARGETS_AND_STORES = [
+    pytest.param("sqlite", "sqlite", id="sqlite"),
+    pytest.param("postgresql", "sqlite", id="postgresql"),
+    pytest.param("mariadb", "sqlite", id="mariadb"),
+    pytest.param("postgresql", "postgresql", id="postgresql-postgresql-store"),
+]
+STORE_MIGRATIONS = REPO / "migrations"
+
+
+def _admin_engine(backend: str) -> sa.Engine:
+    """An autocommit engine on the backend's server (the test fails in CI, or is skipped
+    elsewhere, when the server does not answer)."""
+    admin_url = make_url(SERVERS[backend])
+    admin = sa.create_engine(
+        admin_url,
+        isolation_level="AUTOCOMMIT",
+        poolclass=sa.pool.NullPool,
+        connect_args={"connect_timeout": 3},
+    )
+    try:
+        with admin.connect():
+            pass
+    except sa.exc.OperationalError as error:
+        message = f"{backend} server at {admin_url} is not available: {error.orig}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return admin
+
+
 class DatabaseFactory:
     """Create throwaway databases on one backend and drop them all at the end of a test."""
 
@@ -50,51 +96,80 @@ class DatabaseFactory:
         self.backend = backend
         self.tmp_path = tmp_path
         self.created: list[URL] = []
-        self._admin: sa.Engine | None = None
-        if backend != "sqlite":
-            admin_url = make_url(SERVERS[backend])
-            self._admin = sa.create_engine(
-                admin_url,
-                isolation_level="AUTOCOMMIT",
-                poolclass=sa.pool.NullPool,
-                connect_args={"connect_timeout": 3},
-            )
-            try:
-                with self._admin.connect():
-                    pass
-            except sa.exc.OperationalError as error:
-                message = f"{backend} server at {admin_url} is not available: {error.orig}"
-                if IN_CI:
-                    pytest.fail(message)
-                pytest.skip(message)
+        self._admin = None if backend == "sqlite" else _admin_engine(backend)
 
-    def create(self) -> URL:
-        """Return the URL of a new, empty database."""
+    def create(self, template: URL | None = None) -> URL:
+        """Return the URL of a new database: empty, or a copy of `template` (a SQLite file, or a
+        PostgreSQL database nobody is connected to)."""
         name = f"dash_{uuid.uuid4().hex[:12]}"
         if self.backend == "sqlite":
             path = self.tmp_path / f"{name}.db"
-            path.touch()  # an empty file is an empty SQLite database
+            if template is None:
+                path.touch()  # an empty file is an empty SQLite database
+            else:
+                shutil.copyfile(str(template.database), path)
             url = make_url(f"sqlite:///{path}")
         else:
             assert self._admin is not None
+            assert template is None or self.backend == "postgresql", "no templates on MariaDB"
+            copy = f" TEMPLATE {template.database}" if template is not None else ""
             with self._admin.connect() as connection:
-                connection.execute(sa.text(f"CREATE DATABASE {name}"))
+                connection.execute(sa.text(f"CREATE DATABASE {name}{copy}"))
             url = self._admin.url.set(database=name)
         self.created.append(url)
         return url
 
     def drop_all(self) -> None:
+        """Stop the apps on these databases and have them dropped (by DROPPER, in the
+        background: a drop waits for a server checkpoint, up to seconds on a busy host)."""
         if self._admin is None:
             return
-        with self._admin.connect() as connection:
-            for url in self.created:
-                if self.backend == "postgresql":
-                    connection.execute(
-                        sa.text(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
-                    )
-                else:
-                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {url.database}"))
+        _shut_down_apps_on(self.created)
+        DROPPER.drop(self.backend, [str(url.database) for url in self.created])
         self._admin.dispose()
+
+
+class Dropper:
+    """Drops throwaway databases in a thread of its own, in the order asked; `wait()` (at the end
+    of the run) returns once every one is dropped, and fails naming any that could not be."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[str, list[str]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._failures: list[str] = []
+
+    def drop(self, backend: str, names: list[str]) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="drop-databases", daemon=True)
+            self._thread.start()
+        self._queue.put((backend, names))
+
+    def wait(self) -> None:
+        self._queue.join()
+        failures, self._failures = self._failures, []
+        if failures:
+            raise AssertionError("throwaway databases left behind:\n" + "\n".join(failures))
+
+    def _run(self) -> None:
+        while True:
+            backend, names = self._queue.get()
+            try:
+                engine = sa.create_engine(
+                    SERVERS[backend], isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+                )
+                force = " WITH (FORCE)" if backend == "postgresql" else ""
+                with engine.connect() as connection:
+                    for name in names:
+                        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+                engine.dispose()
+            except Exception as error:  # reported by wait(); this thread must go on
+                self._failures.append(f"{backend} {', '.join(names)}: {error}")
+            finally:
+                self._queue.task_done()
+
+
+# One per test process; conftest's `store_templates` fixture waits for it at the end of the run.
+DROPPER = Dropper()
 
 
 def execute(url: URL, *statements: str) -> None:
@@ -250,9 +325,13 @@ def build_demo(folder: Path) -> None:
     (folder / "passwords.json").write_text(json.dumps(passwords))
 
 
+# Every app `make_app` built, so that dropping a store database first stops the apps on it.
+_APPS: list[weakref.ref] = []
+
+
 def make_app(folder: Path, **overrides):
     """Create the dashboard for the environments.yaml in `folder`, its store beside it."""
-    return create_app(
+    app = create_app(
         "testing",
         {
             "ENVIRONMENTS_FILE": str(folder / "environments.yaml"),
@@ -260,6 +339,20 @@ def make_app(folder: Path, **overrides):
             **overrides,
         },
     )
+    _APPS[:] = [ref for ref in _APPS if ref() is not None]
+    _APPS.append(weakref.ref(app))
+    return app
+
+
+def _shut_down_apps_on(stores: list[URL]) -> None:
+    """Stop every app made by `make_app` on one of these store databases (its background
+    refresher would look for a dropped database)."""
+    uris = {url.render_as_string(hide_password=False) for url in stores}
+    for ref in list(_APPS):
+        app = ref()
+        if app is not None and str(app.config["SQLALCHEMY_DATABASE_URI"]) in uris:
+            shut_down(app)
+            _APPS.remove(ref)
 
 
 TEST_PASSWORD = "correct horse battery staple"
@@ -315,10 +408,159 @@ def _store_revisions(app) -> set[str] | None:
         return set(connection.scalars(sa.text("SELECT version_num FROM alembic_version")))
 
 
+def shut_down(app) -> None:
+    """Stop the app's background refresher and close its store connections (before its store
+    database is dropped)."""
+    app.extensions["dashboard.status_board"].stop()
+    with app.app_context():
+        db.engine.dispose()
+
+
+def store_migrations_digest() -> str:
+    """A short hash of the store's migrations folder: another migration, another template."""
+    digest = hashlib.sha256()
+    for path in sorted(STORE_MIGRATIONS.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(STORE_MIGRATIONS).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:10]
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StoreTemplates:
+    """The dashboard's store upgraded once per test process, for tests to copy (`create(template=
+    …)` of a DatabaseFactory): on SQLite an upgraded file; on PostgreSQL template databases that
+    `CREATE DATABASE … TEMPLATE` copies in tens of milliseconds — the upgraded store, and the
+    demo's store (its four users). A PostgreSQL template is named after a hash of the store's
+    migrations, the xdist worker and the process, so no worker or concurrent run shares one and a
+    changed migration makes a new one; it takes no connections once built (a copy needs none);
+    `drop()` removes them at the end of the run, and the next one built drops those left by a
+    process that died."""
+
+    PREFIX = "dash_tpl_"
+    # pg_advisory_lock key: one process at a time builds templates or clears dead ones.
+    LOCK_KEY = 0x7E57_5709
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._made: dict[tuple[str, str], URL] = {}
+
+    def store(self, backend: str) -> URL:
+        """An upgraded store on `backend` ("sqlite" or "postgresql") to copy."""
+        if ("store", backend) not in self._made:
+            self._made["store", backend] = self._build(backend, "store", None)
+        return self._made["store", backend]
+
+    def demo(self, passwords: Mapping[str, str]) -> URL:
+        """The demo's store on PostgreSQL, its users holding `passwords`, to copy (the demo
+        builds SQLite files only; its SQLite store is the one in the demo folder)."""
+        if ("demo", "postgresql") not in self._made:
+            base = self.store("postgresql")
+            self._made["demo", "postgresql"] = self._build("postgresql", "demo", base, passwords)
+        return self._made["demo", "postgresql"]
+
+    def drop(self) -> None:
+        """Drop every template this process made."""
+        names = [url.database for (_, backend), url in self._made.items() if backend != "sqlite"]
+        self._made.clear()
+        if names:
+            admin = _admin_engine("postgresql")
+            try:
+                with admin.connect() as connection:
+                    for name in names:
+                        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            finally:
+                admin.dispose()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def _build(
+        self, backend: str, kind: str, base: URL | None, passwords: Mapping[str, str] | None = None
+    ) -> URL:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        name = f"{self.PREFIX}{kind}_{store_migrations_digest()}_{worker}_{os.getpid()}"
+        if backend == "sqlite":
+            url = make_url(f"sqlite:///{self._app_folder() / (name + '.db')}")
+            self._fill(url, kind, passwords)
+            return url
+        admin = _admin_engine(backend)
+        try:
+            with admin.connect() as connection:
+                connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self.LOCK_KEY})
+                try:
+                    self._drop_dead_templates(connection)
+                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    copy = f" TEMPLATE {base.database}" if base is not None else ""
+                    connection.execute(sa.text(f"CREATE DATABASE {name}{copy}"))
+                    url = admin.url.set(database=name)
+                    try:
+                        self._fill(url, kind, passwords)
+                    except BaseException:
+                        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+                        raise
+                    connection.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                finally:
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.LOCK_KEY}
+                    )
+        finally:
+            admin.dispose()
+        return url
+
+    def _app_folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="dash-store-templates-"))
+            write_demo_environments(self._folder)
+        return self._folder
+
+    def _fill(self, url: URL, kind: str, passwords: Mapping[str, str] | None) -> None:
+        """Upgrade the store at `url` (kind "store"), or add the demo's users (kind "demo")."""
+        app = make_app(self._app_folder(), SQLALCHEMY_DATABASE_URI=url.render_as_string(False))
+        try:
+            if kind == "store":
+                upgrade_store(app)
+            else:
+                assert passwords is not None
+                with app.app_context():
+                    for role in Role:  # as `flask dashboard demo` does, in the same order
+                        users.create_user(
+                            username=role.value,
+                            password=passwords[role.value],
+                            role=role,
+                            actor=None,
+                        )
+        finally:
+            with app.app_context():
+                db.engine.dispose()
+
+    def _drop_dead_templates(self, connection: sa.Connection) -> None:
+        """Drop templates whose process is gone (a run that was killed before its end)."""
+        names = connection.scalars(
+            sa.text("SELECT datname FROM pg_database WHERE starts_with(datname, :prefix)"),
+            {"prefix": self.PREFIX},
+        )
+        for name in list(names):
+            pid = name.rsplit("_", 1)[-1]
+            if pid.isdigit() and not _process_is_alive(int(pid)):
+                connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+# One per test process; conftest's `store_templates` fixture drops them at the end of the run.
+STORE_TEMPLATES = StoreTemplates()
+
+
 def add_user(app, username: str, role: str = "viewer", password: str = TEST_PASSWORD) -> None:
     """Create a user in the app's store (upgrading the store first)."""
-    from dashboard.users import service as users
-
     # Running the store's migrations again costs far more than a user; skip them while the
     # store is still at the revisions this helper last upgraded it to.
     upgraded = app.extensions.get("tests.upgraded_store_revisions")
@@ -341,9 +583,19 @@ def signed_in_client(app, role: str = "viewer"):
 AUDIT_HMAC_KEY = "audit-checkpoint-key-for-tests"
 
 
-def app_for_tree(folder: Path, tree: ScriptTree, environments: dict[str, URL | str], **config):
+def app_for_tree(
+    folder: Path,
+    tree: ScriptTree,
+    environments: dict[str, URL | str],
+    *,
+    store: URL | None = None,
+    **config,
+):
     """The dashboard on `tree` with one environment per URL (a dict of extra keys per name allowed
-    through `ENV_EXTRA`), its store upgraded, and a `runner` for CLI calls."""
+    through `ENV_EXTRA`), its store upgraded: a SQLite file in `folder`, or the `store` database
+    (e.g. the `store_database` fixture's)."""
+    if store is not None:
+        config["SQLALCHEMY_DATABASE_URI"] = store.render_as_string(hide_password=False)
     extra: dict[str, dict[str, object]] = config.pop("ENV_EXTRA", {})
     lines = [f"migrations: {tree.path}", "environments:"]
     for name, url in environments.items():

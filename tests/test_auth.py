@@ -36,6 +36,7 @@ ADMIN_ACTION = outcome(302, 403, 403, 403, 302)
 MATRIX = {
     ("environments.overview", "GET"): VIEWER_PAGE,
     ("environments.environment", "GET"): VIEWER_PAGE,
+    ("environments.refresh", "POST"): outcome(302, 303),  # asks the lease holder to read now
     ("history.history", "GET"): VIEWER_PAGE,
     ("history.revision", "GET"): VIEWER_PAGE,
     ("history.highlight_css", "GET"): VIEWER_PAGE,
@@ -56,13 +57,17 @@ MATRIX = {
     ("jobs.index", "GET"): VIEWER_PAGE,
     ("jobs.job", "GET"): VIEWER_PAGE,
     ("jobs.live", "GET"): outcome(302, 286),  # the job has ended: polling stops
+    ("jobs.log_text", "GET"): VIEWER_PAGE,
     ("jobs.plan", "GET"): VIEWER_PAGE,
     ("jobs.start", "POST"): outcome(302, 403, 409),  # not the plan dev has now: refused
     ("jobs.cancel", "POST"): outcome(302, 403, 409),  # only a queued job can be cancelled
     ("diffs.diff", "GET"): VIEWER_PAGE,
     # Scratch work (schema diffs, rehearsals, drift checks, live comparisons) needs an operator.
-    ("diffs.schema", "GET"): OPERATOR_PAGE,
-    ("diffs.rehearsal", "GET"): OPERATOR_PAGE,
+    # They start a background task and send the page on to it.
+    ("diffs.schema", "POST"): outcome(302, 403, 303),
+    ("diffs.rehearsal", "POST"): outcome(302, 403, 303),
+    ("diffs.render", "POST"): outcome(302, 303),  # the SQL of a long plan: anyone may read it
+    ("tasks.task", "GET"): outcome(302, 404),  # no such task, once signed in
     ("diffs.sql_file", "GET"): VIEWER_PAGE,
     ("drift.index", "GET"): VIEWER_PAGE,
     ("drift.check", "POST"): outcome(302, 403, 303),
@@ -93,6 +98,7 @@ def _url_for(rule, target_user_id: int, job_id: int = 0) -> str:
     values = {
         "job_id": str(job_id),
         "rollout_id": "999999",
+        "task_id": "999999",
         "name": "dev",
         "revision_id": HEAD,
         "user_id": str(target_user_id),
@@ -156,6 +162,7 @@ def test_authorization_matrix_covers_every_route_and_role(demo_app, demo_passwor
     assert mismatches == []
 
 
+@pytest.mark.stores
 def test_a_viewer_denied_an_admin_action_leaves_an_audit_event(clients, demo_app):
     response = Auth(clients["viewer"]).post("/users", {"username": "sneaky", "role": "admin"})
     assert response.status_code == 403
@@ -178,6 +185,7 @@ def test_a_viewer_denied_an_admin_page_is_logged_not_audited(clients, demo_app, 
     assert "access denied: viewer (viewer) GET /users needs the admin role" in caplog.text
 
 
+@pytest.mark.stores
 def test_post_without_csrf_token_is_rejected_and_changes_nothing(clients, demo_app):
     admin = clients["admin"]
     refused = admin.post("/users", data={"username": "sneaky", "role": "admin"})
@@ -192,6 +200,7 @@ def test_post_without_csrf_token_is_rejected_and_changes_nothing(clients, demo_a
         assert users.get_user(username="sneaky").role == "viewer"
 
 
+@pytest.mark.stores
 def test_htmx_requests_send_the_csrf_token_in_a_header(clients, demo_app):
     admin = clients["admin"]
     page = admin.get("/users").get_data(as_text=True)
@@ -251,6 +260,7 @@ def test_htmx_request_without_a_session_is_sent_to_sign_in(demo_app):
     assert response.headers["HX-Redirect"].startswith("/login")
 
 
+@pytest.mark.stores
 def test_sixth_failed_attempt_is_throttled_and_audited(demo_app, demo_passwords):
     client = demo_app.test_client()
     auth = Auth(client)
@@ -275,6 +285,7 @@ def test_sixth_failed_attempt_is_throttled_and_audited(demo_app, demo_passwords)
     assert all("wrong-password" not in str(event.details) for event in failed)
 
 
+@pytest.mark.stores
 def test_throttling_one_address_does_not_lock_the_admin_out_elsewhere(demo_app, demo_passwords):
     stranger = demo_app.test_client()
     auth = Auth(stranger)
@@ -289,6 +300,7 @@ def test_throttling_one_address_does_not_lock_the_admin_out_elsewhere(demo_app, 
     assert admin.get("/users").status_code == 200
 
 
+@pytest.mark.stores
 def test_many_usernames_from_one_address_hit_the_address_limit(demo_app):
     client = demo_app.test_client()
     auth = Auth(client)
@@ -305,6 +317,7 @@ def test_many_usernames_from_one_address_hit_the_address_limit(demo_app):
         assert db.session.scalar(sa.select(sa.func.count()).select_from(LoginFailure)) == 20
 
 
+@pytest.mark.stores
 def test_a_deactivated_users_session_stops_working_at_once(demo_app, clients, demo_passwords):
     operator = clients["operator"]
     assert operator.get("/").status_code == 200
@@ -317,6 +330,7 @@ def test_a_deactivated_users_session_stops_working_at_once(demo_app, clients, de
     Auth(demo_app.test_client()).login("operator", demo_passwords["operator"], expect=401)
 
 
+@pytest.mark.stores
 def test_admin_signs_a_user_out_everywhere(demo_app, clients):
     viewer = clients["viewer"]
     with demo_app.app_context():
@@ -325,6 +339,7 @@ def test_admin_signs_a_user_out_everywhere(demo_app, clients):
     assert viewer.get("/").status_code == 302
 
 
+@pytest.mark.stores
 def test_the_last_active_admin_cannot_be_demoted_or_deactivated(demo_app, clients):
     admin = Auth(clients["admin"])
     with demo_app.app_context():
@@ -340,6 +355,7 @@ def test_the_last_active_admin_cannot_be_demoted_or_deactivated(demo_app, client
         assert (still.role, still.active) == ("admin", True)
 
 
+@pytest.mark.stores
 def test_user_changes_own_password_and_other_sessions_end(demo_app, demo_passwords):
     first, second = demo_app.test_client(), demo_app.test_client()
     Auth(first).login("viewer", demo_passwords["viewer"])
@@ -397,6 +413,7 @@ def test_session_cookie_flags(demo_app, demo_passwords):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
+@pytest.mark.stores
 def test_login_and_logout_are_audited(demo_app, demo_passwords):
     client = demo_app.test_client()
     auth = Auth(client)
@@ -410,6 +427,7 @@ def test_login_and_logout_are_audited(demo_app, demo_passwords):
     assert events[-1].remote_addr == "127.0.0.1"
 
 
+@pytest.mark.stores
 def test_admin_creates_a_user_with_a_generated_password_shown_once(clients, demo_app):
     page = Auth(clients["admin"]).post("/users", data={"username": "newbie", "role": "operator"})
     html = page.get_data(as_text=True)
@@ -426,6 +444,7 @@ def test_admin_creates_a_user_with_a_generated_password_shown_once(clients, demo
     assert event.actor_name == "admin"
 
 
+@pytest.mark.stores
 def test_cli_user_management(demo_app):
     runner = demo_app.test_cli_runner()
     created = runner.invoke(

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from dashboard import create_app
@@ -157,6 +158,7 @@ def test_drift_exits_non_zero_only_when_a_schema_drifted(demo_app, demo_folder):
     assert "customer.nickname" in drifted.output
 
 
+@pytest.mark.stores
 def test_a_drift_check_from_cron_shows_on_every_overview(demo_app, demo_folder, demo_passwords):
     staging = sa.create_engine(f"sqlite:///{demo_folder / 'demo' / 'staging.db'}")
     with staging.begin() as connection:
@@ -165,7 +167,9 @@ def test_a_drift_check_from_cron_shows_on_every_overview(demo_app, demo_folder, 
     assert demo_app.test_cli_runner().invoke(args=["dashboard", "drift"]).exit_code == 1
 
     # Another process (a second web worker) reads the same store.
-    other = make_app(demo_folder)
+    other = make_app(
+        demo_folder, SQLALCHEMY_DATABASE_URI=demo_app.config["SQLALCHEMY_DATABASE_URI"]
+    )
     client = other.test_client()
     Auth(client).login("viewer", demo_passwords["viewer"])
     overview = client.get("/").get_data(as_text=True)

@@ -22,6 +22,7 @@ from dashboard.target.locks import TargetLock, lock_is_free
 from dashboard.users.models import User
 from tests.helpers import (
     REPO,
+    TARGETS_AND_STORES,
     Auth,
     DatabaseFactory,
     add_user,
@@ -159,8 +160,9 @@ def test_a_second_process_holding_the_database_lock_blocks_the_job(
 
 
 @pytest.mark.backends
+@pytest.mark.parametrize(("backend", "store_backend"), TARGETS_AND_STORES, indirect=True)
 def test_a_revision_that_raises_fails_the_job_and_releases_the_lock(
-    tmp_path, script_tree, database_url, backend
+    tmp_path, script_tree, database_url, backend, store_database
 ):
     script_tree.linear(1)
     script_tree.add(
@@ -172,7 +174,9 @@ def test_a_revision_that_raises_fails_the_job_and_releases_the_lock(
         raise RuntimeError('boom halfway through')
         """,
     )
-    app = app_for_tree(tmp_path / "site", script_tree, {"dev": database_url}, **FAST)
+    app = app_for_tree(
+        tmp_path / "site", script_tree, {"dev": database_url}, store=store_database, **FAST
+    )
     assert run(app, target="r00").state == "succeeded"
 
     job = run(app)
@@ -310,13 +314,15 @@ def test_killing_the_supervisor_stops_the_runner_and_the_job_becomes_interrupted
     assert run(app).state == "succeeded"
 
 
-def test_rules_protected_downgrade_and_role(tmp_path, script_tree):
+@pytest.mark.stores
+def test_rules_protected_downgrade_and_role(tmp_path, script_tree, store_database):
     script_tree.linear(2)
     app = app_for_tree(
         tmp_path / "site",
         script_tree,
         {"dev": "sqlite:///dev.db", "prod": "sqlite:///prod.db"},
         ENV_EXTRA={"prod": {"protected": True, "approvals": 1}, "dev": {"allow_downgrade": False}},
+        store=store_database,
         **FAST,
     )
     add_user(app, "vera", "viewer")
@@ -349,7 +355,8 @@ def test_rules_protected_downgrade_and_role(tmp_path, script_tree):
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 0
 
 
-def test_log_streams_while_running_then_answers_286(tmp_path, script_tree):
+@pytest.mark.stores
+def test_log_streams_while_running_then_answers_286(tmp_path, script_tree, store_database):
     script_tree.linear(1)
     script_tree.add(
         "r01",
@@ -357,7 +364,9 @@ def test_log_streams_while_running_then_answers_286(tmp_path, script_tree):
         "slow",
         upgrade="print('halfway there', flush=True)\n" + SLOW.format(seconds=3),
     )
-    app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
+    app = app_for_tree(
+        tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, store=store_database, **FAST
+    )
     client, auth = operator_client(app)
 
     fingerprint = shown_fingerprint(client)
@@ -426,9 +435,14 @@ def test_cli_upgrade_streams_and_lists_jobs(tmp_path, script_tree):
     assert lines > 0
 
 
-def test_a_queued_job_can_be_cancelled_and_frees_the_environment(tmp_path, script_tree):
+@pytest.mark.stores
+def test_a_queued_job_can_be_cancelled_and_frees_the_environment(
+    tmp_path, script_tree, store_database
+):
     script_tree.linear(2)
-    app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
+    app = app_for_tree(
+        tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, store=store_database, **FAST
+    )
     with app.app_context():
         queued = queue_job()
         cancelled = jobs.cancel_job(job_id=queued.id, actor=None, actor_name="cli:test")
@@ -441,9 +455,12 @@ def test_a_queued_job_can_be_cancelled_and_frees_the_environment(tmp_path, scrip
     assert run(app).state == "succeeded"
 
 
-def test_an_operator_stamps_from_the_environment_page(tmp_path, script_tree):
+@pytest.mark.stores
+def test_an_operator_stamps_from_the_environment_page(tmp_path, script_tree, store_database):
     script_tree.linear(3)
-    app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
+    app = app_for_tree(
+        tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, store=store_database, **FAST
+    )
     client, auth = operator_client(app)
     assert "Recovery: stamp a revision" in client.get("/environments/dev").get_data(as_text=True)
 

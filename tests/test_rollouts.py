@@ -52,14 +52,16 @@ def make_site(folder, tree, environments, extra, **config):
 
 
 @pytest.fixture
-def site(tmp_path, script_tree):
-    """staging and production (protected, 2 approvals) on SQLite, r00 → r01 → r02 pending."""
+def site(tmp_path, script_tree, store_database):
+    """staging and production (protected, 2 approvals) on SQLite, r00 → r01 → r02 pending; the
+    store on `store_backend`."""
     script_tree.linear(3)
     app = make_site(
         tmp_path / "site",
         script_tree,
         {"staging": "sqlite:///staging.db", "production": "sqlite:///production.db"},
         {"production": PRODUCTION},
+        store=store_database,
     )
     with app.app_context():
         yield app
@@ -105,6 +107,7 @@ def run_rollout(rollout: Rollout, actor: str = "olga") -> Job:
 # --- requesting -----------------------------------------------------------------------------
 
 
+@pytest.mark.stores
 def test_a_request_freezes_the_plan_and_resolves_head(site):
     rollout = request(ticket_url="https://tickets.example/OPS-1")
 
@@ -186,6 +189,7 @@ def test_a_viewer_or_operator_cannot_approve_and_nothing_changes(site):
     assert actions() == before
 
 
+@pytest.mark.stores
 def test_a_second_vote_by_the_same_person_is_ignored(site):
     rollout = request()
     approve(rollout, "ann")
@@ -199,6 +203,7 @@ def test_a_second_vote_by_the_same_person_is_ignored(site):
     assert len(events("rollout.approved")) == 1 and not events("rollout.rejected")
 
 
+@pytest.mark.stores
 def test_two_distinct_approvals_are_needed_before_it_can_run(site):
     rollout = request()
 
@@ -218,6 +223,7 @@ def test_two_distinct_approvals_are_needed_before_it_can_run(site):
     assert second.details["state"] == "approved"
 
 
+@pytest.mark.stores
 def test_a_rejection_ends_the_rollout(site):
     rollout = request()
     approve(rollout, "ann")
@@ -241,6 +247,7 @@ def test_a_decision_keeps_its_comment(site):
     assert (vote.username, vote.decision, vote.comment) == ("ann", "approve", "looks good")
 
 
+@pytest.mark.stores
 def test_the_requester_or_an_admin_cancels(site):
     mine = request()
     with pytest.raises(RolloutForbidden, match="requester or an admin"):
@@ -258,6 +265,7 @@ def test_the_requester_or_an_admin_cancels(site):
     assert [event.actor_name for event in events("rollout.cancelled")] == ["olga", "ada"]
 
 
+@pytest.mark.stores
 def test_an_overdue_rollout_reads_as_expired_without_a_write_and_can_no_longer_run(site):
     pending = request()
     approved = approve(request(), "ann", "bob")
@@ -456,6 +464,7 @@ def test_a_job_on_a_protected_environment_needs_an_approved_rollout(site):
 # --- execution ------------------------------------------------------------------------------
 
 
+@pytest.mark.stores
 def test_an_approved_rollout_runs_as_a_linked_job_and_the_audit_chain_verifies(site, tmp_path):
     rollout = approve(request(), "ann", "bob")
 

@@ -43,9 +43,11 @@ def shut(app) -> None:
 
 
 @pytest.fixture
-def store_app(store_url: str, demo_folder: Path):
-    """The demo dashboard on `store_url`, upgraded, with the user `vera` (viewer)."""
-    app = make_app(demo_folder, SQLALCHEMY_DATABASE_URI=store_url)
+def store_app(store_database: URL, demo_folder: Path):
+    """The demo dashboard on an upgraded store on each backend (the test is marked `stores`),
+    with the user `vera` (viewer)."""
+    store = store_database.render_as_string(hide_password=False)
+    app = make_app(demo_folder, SQLALCHEMY_DATABASE_URI=store)
     add_user(app, "vera")
     yield app
     shut(app)
@@ -73,6 +75,7 @@ def signs_in(response) -> bool:
 # --- one browser, the Flask test client, both stores ----------------------------------------
 
 
+@pytest.mark.stores
 def test_a_cookie_copied_before_sign_out_opens_nothing_after(store_app):
     browser = store_app.test_client()
     Auth(browser).login("vera")
@@ -88,6 +91,7 @@ def test_a_cookie_copied_before_sign_out_opens_nothing_after(store_app):
     assert signs_in(browser.get("/"))
 
 
+@pytest.mark.stores
 def test_the_store_holds_one_row_per_session_and_only_a_digest_of_its_token(store_app):
     browser = store_app.test_client()
     Auth(browser).login("vera")
@@ -101,6 +105,7 @@ def test_the_store_holds_one_row_per_session_and_only_a_digest_of_its_token(stor
     assert session_rows(store_app) == []
 
 
+@pytest.mark.stores
 def test_signing_out_of_one_browser_leaves_the_other_signed_in(store_app):
     laptop, phone = store_app.test_client(), store_app.test_client()
     Auth(laptop).login("vera")
@@ -113,6 +118,7 @@ def test_signing_out_of_one_browser_leaves_the_other_signed_in(store_app):
     assert len(session_rows(store_app)) == 1
 
 
+@pytest.mark.stores
 def test_a_password_change_ends_copies_of_other_sessions_but_not_this_one(store_app):
     laptop, phone = store_app.test_client(), store_app.test_client()
     Auth(laptop).login("vera")
@@ -135,6 +141,7 @@ def test_a_password_change_ends_copies_of_other_sessions_but_not_this_one(store_
     assert signs_in(phone.get("/")) and signs_in(copied_phone.get("/"))
 
 
+@pytest.mark.stores
 def test_deactivation_and_sign_out_everywhere_end_every_copy(store_app):
     add_user(store_app, "ada", "admin")
     admin = store_app.test_client()
@@ -157,6 +164,7 @@ def test_deactivation_and_sign_out_everywhere_end_every_copy(store_app):
     )
 
 
+@pytest.mark.stores
 def test_a_session_older_than_the_session_lifetime_opens_nothing(store_app):
     browser = store_app.test_client()
     Auth(browser).login("vera")
@@ -173,6 +181,7 @@ def test_a_session_older_than_the_session_lifetime_opens_nothing(store_app):
     assert len(session_rows(store_app)) == 1
 
 
+@pytest.mark.stores
 def test_a_forged_session_id_opens_nothing(store_app):
     browser = store_app.test_client()
     Auth(browser).login("vera")
@@ -252,9 +261,7 @@ def two_servers(tmp_path: Path, pg_store: URL, demo_folder: Path, gunicorn) -> I
 
 def sign_out(browser: HttpSession, server: Server) -> None:
     account = browser.get(server.url("/account"))
-    reply = browser.post(
-        server.url("/logout"), {"csrf_token": account.hidden_input("csrf_token")}
-    )
+    reply = browser.post(server.url("/logout"), {"csrf_token": account.hidden_input("csrf_token")})
     assert reply.status == 302 and reply.location.endswith("/login"), reply.text[:500]
 
 
