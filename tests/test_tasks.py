@@ -445,3 +445,28 @@ def test_the_cli_drift_on_a_terminal_draws_a_progress_bar(demo_folder):
     text = shown.decode(errors="replace")
     assert "environment 1 of 3: dev" in text and "━" in text
     assert "dev: none" in text and "production: none" in text
+
+
+@pytest.mark.stores
+def test_checking_forty_environments_stores_one_task_whatever_their_names_add_up_to(
+    tmp_path: Path, script_tree, store_database
+):
+    # Their names joined run past the task key's column (a 500 on PostgreSQL before).
+    script_tree.add_table("r00", None, "t0")
+    names = [f"customer-region-{number:02d}-replica" for number in range(40)]
+    app = app_for_tree(
+        tmp_path,
+        script_tree,
+        {name: f"sqlite:///{tmp_path / name}.db" for name in names},
+        store=store_database,
+    )
+    add_user(app, "olga", "operator")
+    operator = app.test_client()
+    Auth(operator).login("olga")
+    response = Auth(operator).post("/drift/check", {}, headers=HX)
+    assert response.status_code == 200, text_of(response)[:500]
+    done = wait_for_task(operator, task_id_in(text_of(response)))
+    checked = dict(re.findall(r'data-env="([\w-]+)" data-drift="(\w+)"', done))
+    assert sorted(checked) == names and "not_checked" not in checked.values(), checked
+    (task,) = tasks_in(app, "drift_check")
+    assert task.state == "succeeded" and task.key.startswith("sha256:")

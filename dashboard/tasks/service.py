@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 KEEPER = "dashboard.task_keeper"
 DEFAULT_FRESH_SECONDS = 300.0
 DEFAULT_RESULT_BYTES = 4 * 1024 * 1024
+# The lengths of the task table's key and progress_text columns.
+KEY_LENGTH = 255
+TEXT_LENGTH = 255
 PROGRESS_FLUSH_SECONDS = 0.5
 EVERY_ENVIRONMENT = "*"
 INTERRUPTED = (
@@ -153,6 +156,19 @@ def _fresh_result(*, kind: str, environment: str, key: str) -> Task | None:
     return newest if newest is not None and is_fresh(task=newest) else None
 
 
+def fit_key(key: str) -> str:
+    """A task's key as stored: itself, or a digest of it when longer than its column (the
+    names of 31 environments, say)."""
+    if len(key) <= KEY_LENGTH:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def fit_text(text: str) -> str:
+    """A progress line as stored: cut to its column with an ellipsis."""
+    return text if len(text) <= TEXT_LENGTH else text[: TEXT_LENGTH - 1] + "…"
+
+
 def start_task(
     *,
     kind: str,
@@ -166,6 +182,7 @@ def start_task(
 
     Returns the task and whether it is new (the caller then submits it to the executor).
     """
+    key = fit_key(key)
     if not again:
         fresh = _fresh_result(kind=kind, environment=environment, key=key)
         if fresh is not None:
@@ -312,7 +329,7 @@ def _finish(
     }
     if progress is not None:
         done, total, text = progress
-        values.update(progress_done=done, progress_total=total, progress_text=text)
+        values.update(progress_done=done, progress_total=total, progress_text=fit_text(text))
     if error is None and progress is not None and progress[1]:
         values["progress_done"] = progress[1]
     db.session.execute(
@@ -439,7 +456,7 @@ class _Keeper:
             db.session.execute(
                 sa.update(Task)
                 .where(Task.id == task_id, Task.state == TaskState.RUNNING.value)
-                .values(progress_done=done, progress_total=total, progress_text=text)
+                .values(progress_done=done, progress_total=total, progress_text=fit_text(text))
                 .execution_options(synchronize_session=False)
             )
         if pending:
