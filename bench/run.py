@@ -293,6 +293,7 @@ def child_environment(folder: Path, url: URL, dashboard: bool) -> dict[str, str]
         env["FLASK_APP"] = "dashboard:create_app"
         env["DASHBOARD_DATABASE_URL"] = f"sqlite:///{folder / 'store.db'}"
         env["ENVIRONMENTS_FILE"] = str(folder / "environments.yaml")
+        env["DASHBOARD_AUDIT_ANCHOR_FILE"] = str(folder / "audit-anchors.log")
     return env
 
 
@@ -320,19 +321,40 @@ with open(result, "w") as out:
 def run(folder: Path, url: URL, args: tuple[str, ...], dashboard: bool) -> Sample:
     """Run `flask ARGS` in `folder`; return its wall time and peak RSS (itself + descendants)."""
     argv = [FLASK, *args] if dashboard else [FLASK, "--app", "benchapp", *args]
+    return run_command(
+        folder,
+        argv,
+        child_environment(folder, url, dashboard),
+        label=f"flask {' '.join(args)}",
+        secret_url=url,
+    )
+
+
+def run_command(
+    folder: Path,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    label: str,
+    secret_url: URL | None = None,
+    timeout: float = COMMAND_TIMEOUT,
+) -> Sample:
+    """Run `argv` in `folder` with `env` through the launcher; return its wall time and peak RSS
+    (itself + descendants). A failure raises CommandFailed with the output's tail, the password
+    of `secret_url` hidden."""
     result_file = folder / f"result-{uuid.uuid4().hex[:8]}.json"
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", LAUNCHER, str(result_file), *argv],
             cwd=folder,
-            env=child_environment(folder, url, dashboard),
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             start_new_session=True,  # so a timeout can kill the whole process group
         )
         try:
-            process.wait(timeout=COMMAND_TIMEOUT)
+            process.wait(timeout=timeout)
         except BaseException as error:
             # A timeout, Ctrl-C or SIGTERM: the command runs in its own session, so it would
             # outlive us (and the database we are about to drop) unless its group is killed.
@@ -340,8 +362,7 @@ def run(folder: Path, url: URL, args: tuple[str, ...], dashboard: bool) -> Sampl
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             if isinstance(error, subprocess.TimeoutExpired):
-                message = f"`flask {' '.join(args)}` took over {COMMAND_TIMEOUT:g} s"
-                raise CommandFailed(message) from None
+                raise CommandFailed(f"`{label}` took over {timeout:g} s") from None
             raise
         out.seek(0)
         err.seek(0)
@@ -353,8 +374,10 @@ def run(folder: Path, url: URL, args: tuple[str, ...], dashboard: bool) -> Sampl
     except FileNotFoundError:
         result = {"exit": process.returncode}
     if process.returncode != 0 or result["exit"] != 0:
-        tail = redact((stderr or stdout)[-2000:], url)
-        raise CommandFailed(f"`flask {' '.join(args)}` failed:\n{tail}")
+        tail = (stderr or stdout)[-2000:]
+        if secret_url is not None:
+            tail = redact(tail, secret_url)
+        raise CommandFailed(f"`{label}` failed:\n{tail}")
     # ru_maxrss (KiB on Linux) from wait4 is the larger of the command's own peak and that of
     # its waited-for descendants (the dashboard's migration runner): the biggest process of the
     # tree, not a sum over processes alive at once.

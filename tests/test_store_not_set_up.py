@@ -6,9 +6,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from dashboard.extensions import db
+from dashboard.users.models import User
 from tests.helpers import TEST_PASSWORD, Auth, make_app
 from tests.servers import clean_environ
 
@@ -62,6 +64,13 @@ def test_commands_on_a_store_without_tables_say_to_upgrade_it_first(
         stdin=TEST_PASSWORD,
     )
     assert created.returncode == 0, created.stderr
+    # A real command hashes with argon2id at 19 MiB, 2 passes, 1 lane (64 MiB was argon2-cffi's
+    # default: a worker signing several people in at once grew by that much for each).
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        stored = connection.scalar(sa.select(User.password_hash))
+    engine.dispose()
+    assert stored.startswith("$argon2id$v=19$m=19456,t=2,p=1$"), stored
 
 
 def test_pages_on_a_store_without_tables_say_to_upgrade_it_first(
