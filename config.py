@@ -49,7 +49,7 @@ class Config:
     STATUS_LEASE_SECONDS = _float("DASHBOARD_STATUS_LEASE_SECONDS", 30.0)
     # Seconds a page may wait for what is still being read after a start (statuses, the script
     # directory) before it answers with "reading…" for it; it fills in as the page polls.
-    FIRST_PAINT_SECONDS = _float("DASHBOARD_FIRST_PAINT_SECONDS", 0.25)
+    FIRST_PAINT_SECONDS = _float("DASHBOARD_FIRST_PAINT_SECONDS", 0.1)
     # Seconds the runner waits for a target database's migration lock.
     JOB_LOCK_WAIT_SECONDS = _float("DASHBOARD_JOB_LOCK_WAIT", 10.0)
     # A running job's heartbeat period, and how old it may get before the job counts as dead.

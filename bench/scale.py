@@ -1005,7 +1005,7 @@ def write_outputs(data: dict, folder: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="60 revisions, 4 environments, …")
+    parser.add_argument("--smoke", action="store_true", help="a small run (30 revisions)")
     parser.add_argument("--revisions", type=int, help="revisions (default 3,000)")
     parser.add_argument("--environments", type=int, help="environments (default 30)")
     parser.add_argument("--clients", type=int, help="concurrent clients (default 50)")
@@ -1016,7 +1016,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--verbose", action="store_true", help="print tracebacks")
     args = parser.parse_args(argv)
-    sizes = (60, 4, 3, 5.0, 5) if args.smoke else (3000, 30, 50, 60.0, 100)
+    sizes = (30, 3, 2, 3.0, 3) if args.smoke else (3000, 30, 50, 60.0, 100)
     for name, default in zip(
         ("revisions", "environments", "clients", "seconds", "samples"), sizes, strict=True
     ):

@@ -98,7 +98,7 @@ def test_scale_smoke_writes_every_row(tmp_path: Path) -> None:
         assert row["figure"] and row["target"] and row["met"] in (True, False, None), row
         if not row["measured"]:
             assert row["figure"].startswith("not measured: "), row
-    assert report["settings"]["revisions"] == 60
+    assert report["settings"]["revisions"] == 30
     machine = report["machine"]
     for key in ("cpu_model", "cores", "ram_gib", "python", "postgresql"):
         assert machine[key], key

@@ -292,12 +292,18 @@ def test_a_failing_revision_in_a_later_chunk_is_named(script_tree, sqlite_url, t
 
 # --- a long history on a stock PostgreSQL server --------------------------------------------
 
-LOCK_HUNGRY_TABLES = 1500
+LOCK_HUNGRY_TABLES = 400
+UNIQUE_COLUMNS = 20
 
 
 def lock_hungry_history(tree: ScriptTree, count: int) -> None:
-    """`count` revisions in a line, each creating a table with three unique columns: about
-    eleven lock-table entries each until commit (table, sequence, indexes, constraints)."""
+    """`count` revisions in a line, each creating a table with UNIQUE_COLUMNS unique columns:
+    a lock-table entry for the table, its sequence and each index until commit — more than a
+    stock server holds for 400 of them in one transaction."""
+    columns = "".join(
+        f"            sa.Column('c{column}', sa.Integer, unique=True),\n"
+        for column in range(UNIQUE_COLUMNS)
+    )
     down = None
     for index in range(count):
         revision = f"h{index:04d}"
@@ -309,10 +315,7 @@ def lock_hungry_history(tree: ScriptTree, count: int) -> None:
             op.create_table(
                 'h{index}',
                 sa.Column('id', sa.Integer, primary_key=True),
-                sa.Column('a', sa.Integer, unique=True),
-                sa.Column('b', sa.Integer, unique=True),
-                sa.Column('c', sa.Integer, unique=True),
-            )
+{columns}            )
             """,
         )
         down = revision

@@ -223,11 +223,11 @@ def _lock_writers(session: Session) -> str:
         if not event.contains(bind, "begin", _begin_immediate):
             raise AuditError("the SQLite store's engine does not begin immediate transactions")
     else:
-        # Writers queue on the oldest checkpoint, a row that never changes. (Locking the head
-        # row instead takes InnoDB gap locks that deadlock with the next insert.) The very first
-        # event has no such row; there the unique seq refuses a second writer, never forks.
-        oldest = sa.select(AuditCheckpoint.id).order_by(AuditCheckpoint.id).limit(1)
-        session.execute(oldest.with_for_update())
+        # Writers queue on the store's version row (Flask-Migrate's alembic_version), which
+        # every upgraded store has and nothing changes while the dashboard runs. (Locking a row
+        # of the audit tables takes InnoDB gap locks where there is none yet — before the first
+        # checkpoint — and concurrent first writers then deadlock on their inserts.)
+        session.execute(sa.text("SELECT version_num FROM alembic_version FOR UPDATE"))
     return dialect
 
 
