@@ -10,6 +10,7 @@ import re
 import sqlite3
 import sys
 import threading
+import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ class _CachedGraph:
     graph: RevisionGraph
 
 
-_graph_cache: dict[tuple[Path, tuple[Path, ...]], _CachedGraph] = {}
+_graph_cache: dict[tuple[Path, tuple[Path, ...], Path | None], _CachedGraph] = {}
 _graph_lock = threading.Lock()
 
 
@@ -135,26 +136,28 @@ def _on_sys_path(folders: Iterable[Path]) -> Iterator[None]:
                 sys.path.remove(folder)
 
 
-def load_graph(script_location: Path, python_path: Iterable[Path] = ()) -> RevisionGraph:
+def load_graph(
+    script_location: Path, python_path: Iterable[Path] = (), alembic_ini: Path | None = None
+) -> RevisionGraph:
     """Return the revision graph, re-reading the scripts only when a file changed."""
     script_location = Path(script_location)
-    key = (script_location, tuple(python_path))
+    key = (script_location, tuple(python_path), alembic_ini)
     with _graph_lock:
         signature = _signature(script_location)
         cached = _graph_cache.get(key)
         if cached is not None and cached.signature == signature:
             return cached.graph
-        graph = _read_graph(script_location, key[1])
+        graph = _read_graph(script_location, key[1], alembic_ini)
         _graph_cache[key] = _CachedGraph(signature, graph)
         return graph
 
 
-def _read_graph(script_location: Path, python_path: tuple[Path, ...]) -> RevisionGraph:
-    config = Config()
-    config.set_main_option("script_location", str(script_location).replace("%", "%%"))
+def _read_graph(
+    script_location: Path, python_path: tuple[Path, ...], alembic_ini: Path | None
+) -> RevisionGraph:
     try:
-        with _on_sys_path(python_path):
-            script = ScriptDirectory.from_config(config)
+        with _on_sys_path(python_path), _ini_sys_path(alembic_ini):
+            script = _script_directory(script_location, alembic_ini)
             scripts = list(script.walk_revisions())
             heads = list(script.get_heads())
     except CommandError as error:
@@ -217,19 +220,29 @@ def read_current_revisions(database: TargetDatabase, *, timeout: float = 3.0) ->
         raise EnvironmentUnreachable(describe_database_error(error, database.url)) from error
 
 
-def _alembic_config(script_location: Path, url: URL, *, stdout: IO[str] | None = None) -> Config:
-    """Build a Config that both a Flask-Migrate env.py and a plain Alembic env.py accept."""
-    ini = next(
-        (
-            candidate
-            for candidate in (
-                script_location / "alembic.ini",
-                script_location.parent / "alembic.ini",
+def _ini_candidates(script_location: Path) -> tuple[Path, Path]:
+    """Where an alembic.ini is looked for when `alembic_ini:` does not name one."""
+    return script_location / "alembic.ini", script_location.parent / "alembic.ini"
+
+
+def _alembic_config(
+    script_location: Path,
+    url: URL,
+    *,
+    stdout: IO[str] | None = None,
+    alembic_ini: Path | None = None,
+) -> Config:
+    """Build a Config that both a Flask-Migrate env.py and a plain Alembic env.py accept:
+    its file is `alembic_ini` (which must exist), else an alembic.ini found beside the script
+    directory or one folder up, else none."""
+    if alembic_ini is not None:
+        if not alembic_ini.is_file():
+            raise MigrationFailed(
+                f"the alembic_ini file {alembic_ini} (environments.yaml) does not exist"
             )
-            if candidate.is_file()
-        ),
-        None,
-    )
+        ini: Path | None = alembic_ini
+    else:
+        ini = next((path for path in _ini_candidates(script_location) if path.is_file()), None)
     config = Config(str(ini) if ini else None, stdout=stdout or sys.stdout)
     # ConfigParser interpolates '%': escape it, or a password holding '%' breaks (and is echoed).
     config.set_main_option("script_location", str(script_location).replace("%", "%%"))
@@ -237,6 +250,31 @@ def _alembic_config(script_location: Path, url: URL, *, stdout: IO[str] | None =
         "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")
     )
     return config
+
+
+def _config_for(database: TargetDatabase, *, stdout: IO[str] | None = None) -> Config:
+    """The Config env.py gets for `database` (its `alembic_ini:`, URL and script directory)."""
+    return _alembic_config(
+        database.script_location, database.url, stdout=stdout, alembic_ini=database.alembic_ini
+    )
+
+
+def _missing_ini(error: BaseException, config: Config, script_location: Path) -> str | None:
+    """Say so when env.py failed calling `fileConfig(config.config_file_name)` without an ini
+    (Python's own words are "TypeError: 'NoneType' object is not iterable")."""
+    if config.config_file_name is not None or not isinstance(error, TypeError):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    if not any(
+        frame.name == "fileConfig" and Path(frame.filename).parts[-2:] == ("logging", "config.py")
+        for frame in frames
+    ):
+        return None
+    looked = " or ".join(str(path) for path in _ini_candidates(script_location))
+    return (
+        "env.py calls fileConfig(config.config_file_name), but there is no alembic.ini "
+        f"(looked for {looked}): name yours with `alembic_ini:` in environments.yaml"
+    )
 
 
 def _flask_migrate_app(database: TargetDatabase, *, one_connection: bool = False) -> Any:
@@ -358,7 +396,7 @@ def run_command(
     if operation not in ("upgrade", "downgrade", "stamp"):
         raise ValueError(f"unknown operation {operation!r}")
     url = database.url
-    config = _alembic_config(database.script_location, url, stdout=stdout)
+    config = _config_for(database, stdout=stdout)
 
     def observe(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:  # noqa: ARG001
         if on_applied is not None and not step.is_stamp:
@@ -378,6 +416,11 @@ def run_command(
             raise MigrationFailed(redact(str(error), [url])) from error
         except sa.exc.SQLAlchemyError as error:
             raise MigrationFailed(describe_database_error(error, url)) from error
+        except TypeError as error:
+            missing = _missing_ini(error, config, database.script_location)
+            if missing is None:
+                raise
+            raise MigrationFailed(missing) from error
 
 
 def _run_planned(
@@ -456,7 +499,7 @@ def resolve_steps(
     if not requested:
         raise PlanError("name a target: head, a revision id, a relative step such as -1, or base")
     script_location, python_path = database.script_location, database.python_path
-    graph = load_graph(script_location, python_path)
+    graph = load_graph(script_location, python_path, database.alembic_ini)
     current = tuple(current)
     unknown = [revision for revision in current if revision not in graph]
     if unknown:
@@ -464,7 +507,7 @@ def resolve_steps(
             f"the database is at {', '.join(unknown)}, which the script directory does not "
             "contain (a newer release, or a deleted script?): it cannot be planned from here"
         )
-    script = _parsed_scripts(script_location, python_path)
+    script = _parsed_scripts(script_location, python_path, database.alembic_ini)
     resolve = (
         _resolve_expression
         if _is_alembic_expression(graph, direction, requested)
@@ -687,10 +730,12 @@ def _equivalent_targets(
     return candidates
 
 
-def _parsed_scripts(script_location: Path, python_path: tuple[Path, ...]) -> ScriptDirectory:
+def _parsed_scripts(
+    script_location: Path, python_path: tuple[Path, ...], alembic_ini: Path | None = None
+) -> ScriptDirectory:
     """Return the script directory with its revisions read once, `python_path` importable."""
-    with _on_sys_path(python_path):
-        script = _script_directory(script_location)
+    with _on_sys_path(python_path), _ini_sys_path(alembic_ini):
+        script = _script_directory(script_location, alembic_ini)
         try:
             # Reading the revision map imports every revision file: do it while they can import.
             script.get_heads()
@@ -712,13 +757,13 @@ def resolve_revisions(database: TargetDatabase, text: str) -> tuple[str, ...]:
         return ()
     script_location, python_path = database.script_location, database.python_path
     if text in ("head", "heads"):
-        heads = load_graph(script_location, python_path).heads
+        heads = load_graph(script_location, python_path, database.alembic_ini).heads
         if text == "head" and len(heads) > 1:
             raise PlanError(
                 f"multiple heads: name one ({', '.join(sorted(heads))}); 'head' is ambiguous"
             )
         return tuple(heads)
-    script = _parsed_scripts(script_location, python_path)
+    script = _parsed_scripts(script_location, python_path, database.alembic_ini)
     if "@" not in text:
         return (_resolve_revision_id(script, text),)
     try:
@@ -751,10 +796,25 @@ def _resolve_revision_id(script: ScriptDirectory, text: str) -> str:
     return revision.revision
 
 
-def _script_directory(script_location: Path) -> ScriptDirectory:
-    config = Config()
+def _script_directory(script_location: Path, alembic_ini: Path | None = None) -> ScriptDirectory:
+    """The script directory as `alembic_ini:` describes it (its version_locations, …), if set,
+    at our script location; env.py does not run, so no other ini is looked for."""
+    ini = alembic_ini if alembic_ini is not None and alembic_ini.is_file() else None
+    config = Config(str(ini) if ini else None)
     config.set_main_option("script_location", str(script_location).replace("%", "%%"))
     return ScriptDirectory.from_config(config)
+
+
+@contextmanager
+def _ini_sys_path(alembic_ini: Path | None) -> Iterator[None]:
+    """Take out again what an ini's `prepend_sys_path` adds to sys.path while the scripts are
+    read (a web process reads many times)."""
+    before = set(sys.path)
+    try:
+        yield
+    finally:
+        if alembic_ini is not None:
+            sys.path[:] = [folder for folder in sys.path if folder in before]
 
 
 def _alembic_steps(
@@ -800,7 +860,7 @@ def _heads_after(
 
 def revision_ids(database: TargetDatabase, revisions: Iterable[str]) -> tuple[str, ...]:
     """Return the full ids these revisions name (ids, partial ids, "heads", branch forms)."""
-    graph = load_graph(database.script_location, database.python_path)
+    graph = load_graph(database.script_location, database.python_path, database.alembic_ini)
     found: list[str] = []
     for text in revisions:
         for revision_id in (text,) if text in graph else resolve_revisions(database, text):
@@ -987,6 +1047,72 @@ def _offline_failure_reason(error: BaseException, script_path: Path, url: URL) -
     return f"cannot render offline: {type(error).__name__}: {redact(text, [url])}"
 
 
+def _offline_session(database: TargetDatabase, session: dict[str, Any]) -> tuple[Config, Any]:
+    """The Config and Flask app every offline rendering of one plan shares (made once)."""
+    import io
+
+    if "config" not in session:
+        try:
+            session["config"] = _config_for(database, stdout=io.StringIO())
+        except MigrationFailed as error:
+            raise OfflineRenderError(str(error)) from error
+        session["app"] = _flask_migrate_app(database)
+    return session["config"], session["app"]
+
+
+def _session_script(config: Config, session: dict[str, Any]) -> ScriptDirectory:
+    """The parsed script directory of the session (call with env.py's sys.path and app)."""
+    if "script" not in session:
+        session["script"] = ScriptDirectory.from_config(config)
+    return session["script"]
+
+
+def _offline_destination(revision: Any, upgrading: bool) -> str:
+    """Where one step goes: its revision up, its first parent (or base) down."""
+    parents = to_tuple(revision.down_revision, default=())
+    return revision.revision if upgrading else (parents[0] if parents else "base")
+
+
+def _offline_step(script: ScriptDirectory, revision: Any, upgrading: bool) -> Any:
+    from alembic.runtime.migration import MigrationStep
+
+    if upgrading:
+        return MigrationStep.upgrade_from_script(script.revision_map, revision)
+    return MigrationStep.downgrade_from_script(script.revision_map, revision)
+
+
+def _offline_defaults(database: TargetDatabase) -> dict[str, Any]:
+    # Named paramstyle as Alembic's generic env.py sets it: Flask-Migrate's offline branch
+    # does not, and a pyformat driver then doubles every % into SQL that psql rejects.
+    return {"dialect_opts": {"paramstyle": "named"}, **database.configure_options}
+
+
+def _run_bracket(impl: Any) -> tuple[str, str] | None:
+    """The BEGIN and COMMIT Alembic writes around an offline run, as this dialect words them
+    (None without transactional DDL: then it writes none)."""
+    import io
+
+    if not impl.transactional_ddl:
+        return None
+    bracket: list[str] = []
+    for emit in (impl.emit_begin, impl.emit_commit):
+        impl.output_buffer = io.StringIO()
+        emit()
+        bracket.append(impl.output_buffer.getvalue())
+    return bracket[0], bracket[1]
+
+
+def _without_run_bracket(sql: str, bracket: tuple[str, str] | None) -> str:
+    """Rendered alone, a step sits in a BEGIN/COMMIT that Alembic emits first and last; drop
+    exactly those, never a BEGIN or COMMIT the script executes."""
+    if bracket is None:
+        return sql
+    begin, commit = bracket
+    if sql.startswith(begin) and sql.endswith(commit) and len(sql) >= len(begin + commit):
+        sql = sql[len(begin) : len(sql) - len(commit)]
+    return sql
+
+
 def render_offline_sql(
     database: TargetDatabase,
     *,
@@ -1006,23 +1132,13 @@ def render_offline_sql(
     """
     import io
 
-    from alembic.runtime.environment import EnvironmentContext
-    from alembic.runtime.migration import MigrationStep
-
     url = database.url
     sql_output = io.StringIO()
     session = {} if session is None else session
-    if "config" not in session:
-        session["config"] = _alembic_config(
-            database.script_location, url, stdout=io.StringIO()
-        )
-        session["app"] = _flask_migrate_app(database)
-    config, app = session["config"], session["app"]
+    config, app = _offline_session(database, session)
     config.output_buffer = sql_output
     with _on_sys_path(database.python_path), app.app_context():
-        if "script" not in session:
-            session["script"] = ScriptDirectory.from_config(config)
-        script = session["script"]
+        script = _session_script(config, session)
         try:
             revision = script.get_revision(revision_id)
         except CommandError as error:
@@ -1030,46 +1146,225 @@ def render_offline_sql(
         if revision is None:
             raise OfflineRenderError(f"unknown revision {revision_id}")
         upgrading = direction == "upgrade"
-        parents = to_tuple(revision.down_revision, default=())
-        destination = revision.revision if upgrading else (parents[0] if parents else "base")
 
         def one_step(heads: Any, context: Any) -> list[Any]:
-            if upgrading:
-                return [MigrationStep.upgrade_from_script(script.revision_map, revision)]
-            return [MigrationStep.downgrade_from_script(script.revision_map, revision)]
+            return [_offline_step(script, revision, upgrading)]
 
-        # Named paramstyle as Alembic's generic env.py sets it: Flask-Migrate's offline branch
-        # does not, and a pyformat driver then doubles every % into SQL that psql rejects.
-        defaults = {"dialect_opts": {"paramstyle": "named"}, **database.configure_options}
         try:
             with (
-                _configure_defaults(defaults),
+                _configure_defaults(_offline_defaults(database)),
                 EnvironmentContext(
                     config,
                     script,
                     fn=one_step,
                     as_sql=True,
                     starting_rev=list(from_revisions) or None,
-                    destination_rev=destination,
+                    destination_rev=_offline_destination(revision, upgrading),
                 ) as environment,
             ):
                 script.run_env()
                 impl = environment.get_context().impl
         # The step's own code runs here; whatever it raises says why it needs a database.
         except Exception as error:
-            reason = _offline_failure_reason(error, Path(revision.path), url)
+            reason = _missing_ini(error, config, database.script_location)
+            reason = reason or _offline_failure_reason(error, Path(revision.path), url)
             raise OfflineRenderError(reason) from error
-    sql = sql_output.getvalue()
-    if not impl.transactional_ddl:
-        return sql
-    # Rendered alone, a step sits in a BEGIN/COMMIT that Alembic emits first and last; drop
-    # exactly those (as this dialect words them), never a BEGIN or COMMIT the script executes.
-    bracket: list[str] = []
-    for emit in (impl.emit_begin, impl.emit_commit):
-        impl.output_buffer = io.StringIO()
-        emit()
-        bracket.append(impl.output_buffer.getvalue())
-    begin, commit = bracket
-    if sql.startswith(begin) and sql.endswith(commit) and len(sql) >= len(begin + commit):
-        sql = sql[len(begin) : len(sql) - len(commit)]
-    return sql
+    return _without_run_bracket(sql_output.getvalue(), _run_bracket(impl))
+
+
+@dataclass(frozen=True)
+class OfflineStep:
+    """One step of a plan rendered offline: its SQL, or why it needs a live database."""
+
+    revision_id: str
+    sql: str | None
+    reason: str | None
+
+
+class _PassUnusable(Exception):
+    """A one-pass rendering whose output cannot be split into steps (see _render_pass)."""
+
+
+def render_offline_steps(
+    database: TargetDatabase,
+    *,
+    direction: str,
+    steps: list[tuple[str, tuple[str, ...]]],
+    session: dict[str, Any] | None = None,
+) -> list[OfflineStep]:
+    """Render a plan's (revision id, revisions before it) steps offline, in order.
+
+    Each step's SQL (or reason) is exactly what render_offline_sql gives for it alone, but
+    env.py runs once for the whole plan rather than once per step, and the output is split at
+    the step boundaries. A step that cannot render offline is rendered alone, for its reason,
+    and one run renders the steps after it; where a run's output cannot be split (env.py
+    fails outside a step, or runs its migrations more than once), each step renders alone.
+    """
+    session = {} if session is None else session
+    results: list[OfflineStep] = []
+    start = 0
+    while start < len(steps):
+        try:
+            rendered, failed = _render_pass(database, direction, steps[start:], session)
+        except _PassUnusable:
+            results += [_render_alone(database, direction, step, session) for step in steps[start:]]
+            break
+        results += rendered
+        start += len(rendered)
+        if failed:
+            results.append(_render_alone(database, direction, steps[start], session))
+            start += 1
+    return results
+
+
+def _render_alone(
+    database: TargetDatabase,
+    direction: str,
+    step: tuple[str, tuple[str, ...]],
+    session: dict[str, Any],
+) -> OfflineStep:
+    revision_id, before = step
+    try:
+        sql = render_offline_sql(
+            database,
+            direction=direction,
+            from_revisions=tuple(before),
+            revision_id=revision_id,
+            session=session,
+        )
+    except OfflineRenderError as error:
+        return OfflineStep(revision_id=revision_id, sql=None, reason=str(error))
+    return OfflineStep(revision_id=revision_id, sql=sql, reason=None)
+
+
+class _PassRecorder:
+    """Feeds one offline run its steps and notes where each one's output begins and ends.
+
+    The steps' generator notes the buffer's position before each step and after the last. A
+    step's version-row statements depend on the rows before it (Alembic's on_version_apply
+    reports them after each step): the generator stops before a step whose rows before it are
+    not the plan's. A step whose own code raises is caught, so that the run still ends (and
+    env.py writes its tail); the generator stops after it.
+    """
+
+    def __init__(self, buffer: IO[str], steps: list[tuple[str, tuple[str, ...]]]) -> None:
+        self.buffer = buffer
+        self.steps = steps
+        self.marks: list[int] = []  # the buffer's position before each step, and after the last
+        self.heads_after: list[set[str]] = []  # the version rows after each step
+        self.runs = 0
+        self.failures: list[BaseException] = []
+
+    def applied(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:  # noqa: ARG002
+        self.heads_after.append(set(heads))
+
+    def guarded(self, function: Any) -> Any:
+        import functools
+
+        # Alembic names the step in its "-- Running upgrade a -> b" line by the function's name.
+        @functools.wraps(function)
+        def run_step(**kwargs: Any) -> None:
+            try:
+                function(**kwargs)
+            except Exception as error:  # rendered alone afterwards, for its reason
+                self.failures.append(error)
+
+        return run_step
+
+    def planned(self, migration_steps: list[Any]) -> Iterator[Any]:
+        self.runs += 1
+        if self.runs > 1:
+            return  # a multi-database env.py runs once per database: not split here
+        for index, step in enumerate(migration_steps):
+            if index and (
+                len(self.heads_after) != index or self.heads_after[-1] != set(self.steps[index][1])
+            ):
+                break  # its version rows would differ from the plan's: a new run starts here
+            self.marks.append(self.buffer.tell())
+            step.migration_fn = self.guarded(step.migration_fn)
+            yield step
+            if self.failures:
+                break
+        self.marks.append(self.buffer.tell())
+
+
+def _render_pass(
+    database: TargetDatabase,
+    direction: str,
+    steps: list[tuple[str, tuple[str, ...]]],
+    session: dict[str, Any],
+) -> tuple[list[OfflineStep], bool]:
+    """Render the first steps of `steps` in one env.py run: (their SQL, whether the step after
+    them cannot render offline). Raise _PassUnusable when the output cannot be split.
+
+    Alembic writes, in order: what env.py writes before its migrations (a BEGIN), each step
+    (its BEGIN with transaction_per_migration, the version table's CREATE at base, its
+    "-- Running" line, its statements, its version row, its COMMIT), then what env.py writes
+    after (a COMMIT). So step i alone is head + step i + tail, as a run of step i alone
+    writes it. That assumes env.py writes the same around every step: it sees the last step's
+    target as context.get_revision_argument() here, each step's own when alone (no env.py we
+    know of writes SQL from it).
+    """
+    import io
+
+    try:
+        config, app = _offline_session(database, session)
+    except OfflineRenderError as error:
+        raise _PassUnusable(str(error)) from error
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    upgrading = direction == "upgrade"
+    recorder = _PassRecorder(buffer, steps)
+    with _on_sys_path(database.python_path), app.app_context():
+        script = _session_script(config, session)
+        revisions = _known_revisions(script, [revision_id for revision_id, _ in steps])
+        if not revisions:
+            return [], True  # rendered alone, the first step says why
+        migration_steps = [_offline_step(script, revision, upgrading) for revision in revisions]
+        try:
+            with (
+                _configure_defaults(_offline_defaults(database), recorder.applied),
+                EnvironmentContext(
+                    config,
+                    script,
+                    fn=lambda heads, context: recorder.planned(migration_steps),
+                    as_sql=True,
+                    starting_rev=list(steps[0][1]) or None,
+                    destination_rev=_offline_destination(revisions[-1], upgrading),
+                ) as environment,
+            ):
+                script.run_env()
+                impl = environment.get_context().impl
+        except Exception as error:  # env.py itself, not a step: every step renders alone
+            raise _PassUnusable(str(error)) from error
+    marks, failed = recorder.marks, bool(recorder.failures)
+    if recorder.runs != 1 or len(marks) < 2:
+        raise _PassUnusable("env.py did not run the migrations exactly once")
+    sql = buffer.getvalue()
+    head, tail = sql[: marks[0]], sql[marks[-1] :]
+    bracket = _run_bracket(impl)
+    rendered = [
+        OfflineStep(
+            revision_id=steps[index][0],
+            sql=_without_run_bracket(head + sql[marks[index] : marks[index + 1]] + tail, bracket),
+            reason=None,
+        )
+        for index in range(len(marks) - 1 - int(failed))
+    ]
+    if not rendered and not failed:
+        raise _PassUnusable("no step rendered")
+    return rendered, failed
+
+
+def _known_revisions(script: ScriptDirectory, revision_ids: list[str]) -> list[Any]:
+    """The scripts of the first of these revisions, up to one the directory does not know."""
+    revisions = []
+    for revision_id in revision_ids:
+        try:
+            revision = script.get_revision(revision_id)
+        except CommandError:
+            revision = None
+        if revision is None:
+            break
+        revisions.append(revision)
+    return revisions

@@ -12,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
 
-from dashboard.errors import OfflineRenderError, PlanError
+from dashboard.errors import PlanError
 from dashboard.redact import redact
 from dashboard.target import adapter as alembic_adapter
+from dashboard.target import launcher
 from dashboard.target.spec import TargetDatabase
 
 URL_VARIABLE = "DASHBOARD_RENDER_URL"
@@ -67,28 +67,19 @@ def render_in_child(
     }
     child_env = dict(os.environ)
     child_env[URL_VARIABLE] = without_password(url).render_as_string(hide_password=False)
-    # Alembic picks which version row a merge step updates (and which it deletes) by set
-    # order; a fixed hash seed renders the same SQL every time, so the fingerprint is stable.
-    child_env["PYTHONHASHSEED"] = "0"
     try:
-        finished = subprocess.run(
-            [sys.executable, "-m", "dashboard.target.renderer"],
-            input=json.dumps(spec),
-            env=child_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        returncode, stdout, stderr = launcher.run_child(
+            "renderer", json.dumps(spec), env=child_env, timeout=timeout
         )
-    except subprocess.TimeoutExpired as error:
+    except TimeoutError as error:
         raise PlanError(f"rendering the plan's SQL took longer than {timeout:g} s") from error
     try:
-        answer = json.loads(finished.stdout)
+        answer = json.loads(stdout)
         rendered = answer["steps"]
     except (ValueError, KeyError, TypeError) as error:
         # The child died before answering: its stderr (logging, a traceback) says why.
-        tail = [line for line in finished.stderr.splitlines() if line.strip()][-3:]
-        detail = redact(" ".join(tail), [url]) or f"exit status {finished.returncode}"
+        tail = [line for line in stderr.splitlines() if line.strip()][-3:]
+        detail = redact(" ".join(tail), [url]) or f"exit status {returncode}"
         raise PlanError(f"rendering the plan's SQL failed: {detail}") from error
     return [
         RenderedStep(
@@ -101,27 +92,29 @@ def render_in_child(
 
 
 def main() -> int:
-    """Child entry point: read the JSON spec on stdin, print each step's SQL or reason as JSON."""
-    spec = json.load(sys.stdin)
+    """`python -m dashboard.target.renderer` (DASHBOARD_CHILD_START=spawn): spec on stdin."""
+    return child_main(launcher.read_payload())
+
+
+def child_main(payload: str) -> int:
+    """Child entry point: print each step's SQL, or why it cannot render, as JSON."""
+    spec = json.loads(payload)
     database = TargetDatabase.from_spec(spec["database"], make_url(os.environ.pop(URL_VARIABLE)))
+    database.apply_child_environment()  # `env:` from environments.yaml, before env.py runs
     answer = sys.stdout
-    results = []
-    session: dict = {}  # one parsed script directory for every step of this plan
     # Anything env.py or a script prints must not corrupt the JSON answer: send it to stderr.
     with contextlib.redirect_stdout(sys.stderr):
-        for step in spec["steps"]:
-            try:
-                sql = alembic_adapter.render_offline_sql(
-                    database,
-                    direction=spec["direction"],
-                    from_revisions=tuple(step["from"]),
-                    revision_id=step["revision"],
-                    session=session,
-                )
-            except OfflineRenderError as error:
-                results.append({"revision": step["revision"], "sql": None, "reason": str(error)})
-            else:
-                results.append({"revision": step["revision"], "sql": sql, "reason": None})
+        # One env.py run renders every step it can (a step that needs a database still says
+        # why); the steps share one parsed script directory.
+        rendered = alembic_adapter.render_offline_steps(
+            database,
+            direction=spec["direction"],
+            steps=[(step["revision"], tuple(step["from"])) for step in spec["steps"]],
+            session={},
+        )
+    results = [
+        {"revision": step.revision_id, "sql": step.sql, "reason": step.reason} for step in rendered
+    ]
     json.dump({"steps": results}, answer)
     answer.flush()
     return 0

@@ -13,23 +13,23 @@ a plan that no longer holds (STALE) and an exact failure report (FAILURE).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from dashboard.errors import EnvironmentUnreachable, MigrationFailed, PlanChanged, PlanError
+from dashboard.processes import die_with_parent
 from dashboard.redact import redact
 from dashboard.target import adapter as alembic_adapter
+from dashboard.target import launcher
 from dashboard.target.locks import LockBusy, TargetLock, lock_table_name
 from dashboard.target.spec import TargetDatabase
 
@@ -135,19 +135,9 @@ def run_in_child(
     child_env = dict(os.environ)
     child_env.pop(LOCK_VARIABLE, None)
     child_env[URL_VARIABLE] = database.url.render_as_string(hide_password=False)
-    child_env["PYTHONUNBUFFERED"] = "1"
     lines: list[str] = []
     private: dict[str, list[str]] = {marker: [] for marker in _PRIVATE_MARKERS}
-    with subprocess.Popen(
-        [sys.executable, "-m", "dashboard.target.runner", json.dumps(spec)],
-        env=child_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        bufsize=1,
-    ) as process:
-        assert process.stdout is not None
+    with launcher.start_child("runner", json.dumps(spec), env=child_env) as process:
         if on_start is not None:
             on_start(process.pid)
         for raw in process.stdout:
@@ -253,19 +243,6 @@ def _step_reporter(
 # --- the child ------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when its supervisor goes, so no orphan keeps migrating."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _emit(marker: str, value: Any) -> None:
     print(marker + json.dumps(value), flush=True)
 
@@ -312,23 +289,80 @@ class _StepObserver:
         }
 
 
+# A placeholder of each DBAPI paramstyle. Quoted text is matched first and left alone, except
+# with the percent styles, whose drivers read `%%` and placeholders inside quotes too.
+_PLACEHOLDERS = {
+    "pyformat": re.compile(r"%%|%\((?P<name>\w+)\)s|%s"),
+    "format": re.compile(r"%%|%s"),
+    "qmark": re.compile(r"'(?:[^']|'')*'|\?"),
+    "named": re.compile(r"'(?:[^']|'')*'|(?<!:):(?P<name>[A-Za-z_]\w*)"),
+    "numeric": re.compile(r"'(?:[^']|'')*'|(?<!:):(?P<number>[0-9]+)"),
+}
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"X'{bytes(value).hex()}'"
+    text = value.isoformat(sep=" ") if hasattr(value, "isoformat") else str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
+def describe_statement(statement: str, parameters: Any, paramstyle: str) -> str:
+    """The statement as a person reads it in a job's log: its parameters filled in as SQL
+    literals, or (for executemany, or placeholders that do not match) listed after it."""
+    text = statement.strip()
+    if not parameters:
+        return text
+    pattern = _PLACEHOLDERS.get(paramstyle)
+    if pattern is not None and isinstance(parameters, Mapping | tuple | list):
+        positional = iter(parameters) if not isinstance(parameters, Mapping) else None
+
+        def fill(found: re.Match[str]) -> str:
+            placeholder = found.group(0)
+            if placeholder.startswith("'"):
+                return placeholder
+            if placeholder == "%%":
+                return "%"
+            named = found.groupdict()
+            if named.get("name") is not None:
+                return _sql_literal(parameters[named["name"]])
+            if named.get("number") is not None:
+                return _sql_literal(parameters[int(named["number"]) - 1])
+            return _sql_literal(next(positional))
+
+        try:
+            filled = pattern.sub(fill, text)
+            if positional is None or next(positional, fill) is fill:  # every value used
+                return filled
+        except (KeyError, IndexError, TypeError, StopIteration):
+            pass
+    return f"{text} -- parameters: {parameters!r}"
+
+
 def _watch_the_database(database: TargetDatabase, observer: _StepObserver) -> None:
     """Print every statement run on the target and each session opened; bound waits."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     from sqlalchemy.pool import Pool
 
-    def describe(statement: str, parameters: Any) -> str:
-        text = statement.strip()
-        return f"{text} -- parameters: {parameters!r}" if parameters else text
+    def describe(connection: Any, statement: str, parameters: Any, executemany: bool) -> str:
+        paramstyle = "" if executemany else connection.dialect.paramstyle
+        return describe_statement(statement, parameters, paramstyle)
 
     @event.listens_for(Engine, "before_cursor_execute")
     def record(connection, cursor, statement, parameters, context, executemany):  # noqa: ARG001
-        print(SQL_MARKER + json.dumps(describe(statement, parameters)), flush=True)
+        text = describe(connection, statement, parameters, executemany)
+        print(SQL_MARKER + json.dumps(text), flush=True)
 
     @event.listens_for(Engine, "after_cursor_execute")
     def ran(connection, cursor, statement, parameters, context, executemany):  # noqa: ARG001
-        observer.statement_ran(describe(statement, parameters))
+        observer.statement_ran(describe(connection, statement, parameters, executemany))
 
     lock_timeout = database.lock_timeout
     statement_timeout = database.statement_timeout
@@ -360,13 +394,17 @@ def _watch_the_database(database: TargetDatabase, observer: _StepObserver) -> No
             cursor.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
+    """`python -m dashboard.target.runner` (DASHBOARD_CHILD_START=spawn): spec on stdin."""
+    return child_main(launcher.read_payload())
+
+
+def child_main(payload: str) -> int:
     """Child entry point: run the command described by the JSON spec on $DASHBOARD_RUNNER_URL."""
-    _die_with_parent()
-    parser = argparse.ArgumentParser(prog="python -m dashboard.target.runner")
-    parser.add_argument("spec", help="JSON: database (all but its URL), operation, target, …")
-    spec = json.loads(parser.parse_args(argv).spec)
+    die_with_parent()  # the supervisor (or the zygote) going takes this runner along
+    spec = json.loads(payload)
     database = TargetDatabase.from_spec(spec["database"], make_url(os.environ.pop(URL_VARIABLE)))
+    database.apply_child_environment()  # `env:` from environments.yaml, before env.py runs
     version_table, schema = database.version_table, database.version_table_schema
     expected_from = spec.get("expected_from")
     observer = _StepObserver()

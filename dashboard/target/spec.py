@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import URL
+
+# `${url}` (the environment's URL) or `${VAR}` / `${VAR:-default}` (this process's variable).
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,13 @@ class TargetDatabase:
     # Seconds a migration statement may wait for a table lock / run, where the database has it.
     lock_timeout: float | None = None
     statement_timeout: float | None = None
+    # The ini file env.py gets as `config.config_file_name` (`alembic_ini:`); None: an
+    # alembic.ini beside the script directory or one folder up, if there is one.
+    alembic_ini: Path | None = None
+    # (name, value) pairs from `env:`, set in the runner's and renderer's environment before
+    # env.py runs; `${url}` in a value stands for this database's URL. Kept unexpanded here, so
+    # that no password travels in the spec.
+    env_variables: tuple[tuple[str, str], ...] = ()
 
     @property
     def configure_options(self) -> dict[str, bool]:
@@ -50,6 +63,8 @@ class TargetDatabase:
             "configure_args": [list(pair) for pair in self.configure_args],
             "lock_timeout": self.lock_timeout,
             "statement_timeout": self.statement_timeout,
+            "alembic_ini": None if self.alembic_ini is None else str(self.alembic_ini),
+            "env_variables": [list(pair) for pair in self.env_variables],
         }
 
     @classmethod
@@ -65,4 +80,22 @@ class TargetDatabase:
             configure_args=tuple((str(k), bool(v)) for k, v in spec.get("configure_args", ())),
             lock_timeout=spec.get("lock_timeout"),
             statement_timeout=spec.get("statement_timeout"),
+            alembic_ini=Path(spec["alembic_ini"]) if spec.get("alembic_ini") else None,
+            env_variables=tuple((str(k), str(v)) for k, v in spec.get("env_variables", ())),
         )
+
+    def child_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The `env:` variables with `${url}` and `${VAR}` filled in from `environ`."""
+        url = self.url.render_as_string(hide_password=False)
+
+        def fill(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name == "url":
+                return url
+            return environ.get(name) or (default or "")
+
+        return {name: _PLACEHOLDER.sub(fill, value) for name, value in self.env_variables}
+
+    def apply_child_environment(self) -> None:
+        """In a runner or renderer child, before env.py runs: set the `env:` variables."""
+        os.environ.update(self.child_environment(os.environ))
