@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# Migration dashboard: gunicorn serving dashboard:create_app() as a non-root user.
+# Migration dashboard: gunicorn serving dashboard:create_app() as a non-root user, or with the
+# argument `worker` an RQ worker (JOB_EXECUTOR=rq; docs/deploy.md).
 # docker/entrypoint.sh upgrades the dashboard's own store (flask db upgrade), then execs gunicorn.
 FROM python:3.11-slim
 
@@ -25,15 +26,18 @@ COPY migrations/ migrations/
 COPY examples/ examples/
 COPY docker/ docker/
 RUN pip install --no-cache-dir --no-deps -e . \
-    && chmod 0755 docker/entrypoint.sh \
+    && chmod 0755 docker/entrypoint.sh docker/healthcheck.py \
     && groupadd --system --gid 10001 dashboard \
     && useradd --system --uid 10001 --gid dashboard --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin dashboard \
     && mkdir -p /app/instance \
     && chown dashboard:dashboard /app/instance
 
+# The store defaults to a SQLite file in the instance volume (not beside ENVIRONMENTS_FILE,
+# which is usually mounted read-only); production sets DASHBOARD_DATABASE_URL to PostgreSQL.
 ENV FLASK_APP=dashboard \
     DASHBOARD_CONFIG=production \
+    DASHBOARD_DATABASE_URL=sqlite:////app/instance/dashboard.db \
     PORT=8000
 
 # The instance folder holds the audit anchor file (and a SQLite store, if one is used): keep it.
@@ -43,7 +47,10 @@ USER 10001:10001
 
 EXPOSE 8000
 
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8000') + '/healthz', timeout=4)" || exit 1
+# Ready = the store (and, with JOB_EXECUTOR=rq, Redis) answers: /readyz, 503 with the reason
+# otherwise. A worker container (`worker` argument) serves no HTTP: docker/healthcheck.py checks
+# the same through the app instead (see docs/deploy.md).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "/app/docker/healthcheck.py"]
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,11 @@ def create_app(
         error_pages,
         health,
         housekeeping,
+        logs,
         models,
         scheduler,
         templating,
+        workers,
     )
     from dashboard.audit import cli as audit_cli
     from dashboard.audit import service as audit_service
@@ -44,7 +47,7 @@ def create_app(
     from dashboard.history.views import bp as history_bp
     from dashboard.jobs import service as jobs_service
     from dashboard.jobs import views as jobs_views
-    from dashboard.jobs.executor import EXECUTOR, ThreadExecutor
+    from dashboard.jobs.executor import EXECUTOR, make_executor
     from dashboard.rollouts import cli as rollouts_cli
     from dashboard.rollouts import flows as rollout_flows
     from dashboard.rollouts import views as rollouts_views
@@ -57,6 +60,7 @@ def create_app(
     if overrides:
         app.config.update(overrides)
     _check_config(app, config_module)
+    logs.init_app(app)  # first: what the others log at start is formatted already
 
     assert models.User is not None  # every table registered before Flask-Migrate looks
     db.init_app(app)
@@ -65,18 +69,15 @@ def create_app(
     environments.init_app(app)
     cli.init_app(app)
     rollouts_cli.init_app(app)
+    workers.init_app(app)
     audit_service.init_app(app)
     cli.dashboard_cli.add_command(audit_cli.audit_cli)
     templating.init_app(app)
     error_pages.init_app(app)
     security.init_app(app)
-    # Threads start only when the first job is submitted; the executor is handed what it runs.
-    app.extensions[EXECUTOR] = ThreadExecutor(
-        app,
-        run=jobs_service.run_job,
-        run_task=task_flows.run_task,
-        max_workers=app.config["JOB_WORKERS"],
-        task_workers=app.config.get("TASK_WORKERS", 2),
+    # Threads (or RQ, JOB_EXECUTOR=rq); the executor is handed what it runs.
+    app.extensions[EXECUTOR] = make_executor(
+        app, run=jobs_service.run_job, run_task=task_flows.run_task
     )
     app.extensions[jobs_service.JOB_FINISHED_HOOKS] = [rollout_flows.job_finished]
     housekeeping.init_app(app)  # runs in the status refresher's thread, once that starts
@@ -141,6 +142,10 @@ def _check_config(app: Flask, config_module: Any) -> None:
                 'production, e.g. python -c "import secrets; print(secrets.token_hex(32))"'
             )
     if not app.config.get("SQLALCHEMY_DATABASE_URI"):
-        app.config["SQLALCHEMY_DATABASE_URI"] = (
-            f"sqlite:///{Path(app.instance_path) / 'dashboard.db'}"
-        )
+        store, anchors = config_module.default_store_files(app.config["ENVIRONMENTS_FILE"])
+        app.config["SQLALCHEMY_DATABASE_URI"] = store
+        if app.config.get("AUDIT_ANCHOR_FILE") is None:
+            app.config["AUDIT_ANCHOR_FILE"] = str(anchors)
+        # SQLite creates the file but not its folder (Flask-SQLAlchemy makes its own likewise).
+        with contextlib.suppress(OSError):
+            anchors.parent.mkdir(parents=True, exist_ok=True)

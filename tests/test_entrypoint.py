@@ -194,4 +194,4 @@ def test_dockerfile_exposes_and_health_checks_port_8000():
     assert "8000" in dockerfile_values("EXPOSE")[-1].split()
     assert any("PORT=8000" in value.split() for value in dockerfile_values("ENV"))
     healthcheck = dockerfile_values("HEALTHCHECK")[-1]
-    assert "urllib.request" in healthcheck and "/healthz" in healthcheck
+    assert "docker/healthcheck.py" in healthcheck  # which asks /readyz (tests/test_deploy.py)

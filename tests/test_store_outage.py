@@ -51,7 +51,7 @@ def test_a_store_outage_answers_503_everywhere_and_passes(
             assert reply.status == 503 and "The store is unreachable" in reply.text
             fragment = signed_in.request("GET", server.url("/"), headers={"HX-Request": "true"})
             assert fragment.status == 503 and "<html" not in fragment.text
-            health = signed_in.get(server.url("/healthz"))
+            health = signed_in.get(server.url("/readyz"))
             assert health.status == 503
             assert "not currently accepting connections" in json.loads(health.text)["store"]
         logs = "".join(server.output() for server in servers)
@@ -60,4 +60,4 @@ def test_a_store_outage_answers_503_everywhere_and_passes(
     # The store is back: the same session works on both servers, on connections made anew.
     for server in servers:
         assert signed_in.get(server.url("/")).status == 200
-        assert signed_in.get(server.url("/healthz")).status == 200
+        assert signed_in.get(server.url("/readyz")).status == 200

@@ -18,7 +18,7 @@ from dashboard.users import service as users
 csrf = CSRFProtect()
 
 # Endpoints anyone may reach; every other one needs a signed-in user.
-PUBLIC_ENDPOINTS = {"auth.login", "health.healthz", "static"}
+PUBLIC_ENDPOINTS = {"auth.login", "health.healthz", "health.readyz", "static"}
 
 
 def content_security_policy(htmx_url: str) -> str:
