@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from dashboard.clock import utcnow
-from dashboard.environments import environment_named, get_project
+from dashboard.environments import environment_named
 from dashboard.extensions import db
-from dashboard.plans.service import build_plan
+from dashboard.tasks.flows import task_key
 from dashboard.tasks.models import Task
 from dashboard.tasks.service import active_key
 from tests.helpers import (
@@ -236,20 +236,15 @@ def test_a_task_whose_process_died_shows_interrupted_and_the_next_start_replaces
 ):
     an_hour_ago = utcnow() - timedelta(hours=1)
     with demo_app.app_context():
-        plan = build_plan(
-            project=get_project(),
-            environment=environment_named("production"),
-            direction="upgrade",
-            target="head",
-            render=False,
-        )
+        args = {"operation": "upgrade", "target": "head"}
+        key = task_key(environment=environment_named("production"), args=args)
         dead = Task(
             kind="rehearsal",
             environment="production",
-            key=plan.fingerprint,
-            params={"args": {"operation": "upgrade", "target": "head"}},
+            key=key,
+            params={"args": args},
             state="running",
-            active_key=active_key(kind="rehearsal", environment="production", key=plan.fingerprint),
+            active_key=active_key(kind="rehearsal", environment="production", key=key),
             requested_by="operator",
             created_at=an_hour_ago,
             started_at=an_hour_ago,

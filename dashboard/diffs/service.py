@@ -7,7 +7,10 @@ script is a new key. The cache holds the app's DIFF_CACHE_SIZE diffs (least rece
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
+from collections.abc import Mapping
 
 from cachetools import LRUCache
 from flask import current_app, has_app_context
@@ -35,6 +38,33 @@ def _diff_cache() -> LRUCache:
         if cache is None:
             cache = _diff_caches[size] = LRUCache(maxsize=max(size, 1))
         return cache
+
+
+def plan_request_key(
+    *,
+    project: Project,
+    environment: Environment,
+    args: Mapping[str, str],
+    known_current: tuple[str, ...] | None,
+) -> str:
+    """Name the plan a request asks for without planning it: what was asked, the script
+    directory's signature (every script's and env.py's size and mtime) and the revisions the
+    environment was last read at (`known_current`, None when not read yet or not needed).
+
+    Two requests for the same plan get the same key at once; the plan itself (and whether it is
+    still the one a page showed) is worked out by the task.
+    """
+    signature = alembic_adapter.script_signature(project.script_location)
+    described = json.dumps(
+        {
+            "args": dict(sorted(args.items())),
+            "dialect": environment.dialect,
+            "scripts": hashlib.sha256(repr(signature).encode()).hexdigest(),
+            "current": sorted(known_current) if known_current is not None else None,
+        },
+        sort_keys=True,
+    )
+    return "request:" + hashlib.sha256(described.encode()).hexdigest()
 
 
 def heads_of(*, graph: RevisionGraph, revisions: set[str]) -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Diff page: per step the script and its SQL, warnings, the schema diff, a rehearsal, SQL file.
 
 Schema diffs, rehearsals and the SQL of a long plan are background tasks (dashboard.tasks): a
-POST starts one (or joins the one under way), the page shows its progress and then its result.
+POST starts one (or joins the one under way) without planning, and answers at once with its
+progress; the task plans, then the page swaps in its result.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ REHEARSAL_NEEDS = (
 )
 # Steps a diff page shows at once; a longer plan is paged and renders its SQL as a task.
 DEFAULT_PAGE_STEPS = 50
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 def _request_args() -> dict[str, str]:
@@ -61,6 +63,18 @@ def _request_args() -> dict[str, str]:
         abort(400, description="The operation must be upgrade or downgrade.")
     default = "head" if operation == "upgrade" else "-1"
     return {"operation": operation, "target": request.args.get("target", "").strip() or default}
+
+
+def _posted_fingerprint() -> str | None:
+    """The steps fingerprint the page showed (form or query string), or None if it sent none."""
+    text = request.values.get("fingerprint", "").strip()
+    if text and not FINGERPRINT.fullmatch(text):
+        abort(
+            400,
+            description=f"The fingerprint must be the 64 hex digits of the plan the diff page "
+            f"showed, not “{text[:20]}”.",
+        )
+    return text or None
 
 
 @dataclass(frozen=True)
@@ -93,17 +107,23 @@ def _paging(total: int) -> Paging:
 def _diff_context(environment: Environment, args: dict[str, str]) -> dict[str, object]:
     """The plan, the steps this page shows with their SQL, and the tasks about this plan."""
     steps_plan = flows.plan_for_request(environment=environment, args=args, render=False)
+    key = flows.task_key(environment=environment, args=args)
     shown = {
-        kind: tasks.current_task(
-            kind=kind, environment=environment.name, key=steps_plan.fingerprint
-        )
+        kind: tasks.current_task(kind=kind, environment=environment.name, key=key)
         for kind in (flows.PLAN, flows.SCHEMA_DIFF, flows.REHEARSAL)
+    }
+    # A task about another plan (the environment moved since) is not this page's.
+    shown = {
+        kind: task if task and flows.shows_plan(task, steps_plan.fingerprint) else None
+        for kind, task in shown.items()
     }
     views = {kind: flows.view_of(task) if task else None for kind, task in shown.items()}
     paging = _paging(len(steps_plan.steps))
+    # The forms post the steps fingerprint: the task refuses to run any other plan.
+    common = {"tasks": views, "steps_fingerprint": steps_plan.fingerprint}
     if paging.pages == 1:
         plan = flows.plan_for_request(environment=environment, args=args)
-        return {"plan": plan, "steps": plan.steps, "paging": None, "tasks": views}
+        return {"plan": plan, "steps": plan.steps, "paging": None, **common}
     rendered = flows.rendered_plan_from(plan=steps_plan, task=shown[flows.PLAN])
     if rendered is not None:
         steps = rendered.steps[paging.start : paging.stop]
@@ -116,7 +136,7 @@ def _diff_context(environment: Environment, args: dict[str, str]) -> dict[str, o
             stop=paging.stop,
         )
     plan = rendered or steps_plan
-    return {"plan": plan, "steps": steps, "paging": paging, "tasks": views}
+    return {"plan": plan, "steps": steps, "paging": paging, **common}
 
 
 @bp.get("/environments/<name>/diff")
@@ -140,6 +160,7 @@ def _start(kind: str, name: str) -> ResponseReturnValue:
         kind=kind,
         environment=environment,
         args=_request_args(),
+        fingerprint=_posted_fingerprint(),
         actor=current_user.username,
         again=request.form.get("again") == "1",
     )
@@ -175,7 +196,8 @@ def render(name: str) -> ResponseReturnValue:
 def _rendered_plan(environment: Environment, args: dict[str, str]) -> Plan:
     """The plan with every step's SQL: from a finished render task if there is one."""
     plan = flows.plan_for_request(environment=environment, args=args, render=False)
-    task = tasks.current_task(kind=flows.PLAN, environment=environment.name, key=plan.fingerprint)
+    key = flows.task_key(environment=environment, args=args)
+    task = tasks.current_task(kind=flows.PLAN, environment=environment.name, key=key)
     rendered = flows.rendered_plan_from(plan=plan, task=task)
     if rendered is not None:
         return rendered

@@ -2,9 +2,15 @@
 page needs to show its result.
 
 A plan task renders the SQL of every step of a long plan; schema diffs and rehearsals run on
-scratch databases; a drift check checks one environment or all of them. Each is keyed by what
-it computes: the steps-only plan's fingerprint (which binds the environment, its current
-revisions, the steps, their scripts and env.py), or for drift the environments checked.
+scratch databases; a drift check checks one environment or all of them.
+
+A request for a plan's task is answered at once: planning (reading the environment's revision,
+parsing the script directory) happens inside the task, whose first progress line says so. So
+the task is keyed by what can be known without planning (`diffs.plan_request_key`: what was
+asked, the script directory's signature and the environment's last read revisions), which two
+requests for the same plan share. The form posts the steps fingerprint its page showed; a task
+whose plan turns out different says the plan changed, and runs nothing. For drift the key is
+the environments checked.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from dashboard.clock import as_aware
 from dashboard.diffs import service as diffs
 from dashboard.drift import service as drift
 from dashboard.environments import environment_named, get_project
+from dashboard.environments import service as environments
 from dashboard.environments.loader import Environment
 from dashboard.errors import PlanError
 from dashboard.jobs.executor import get_executor
 from dashboard.plans.rehearsal import Rehearsal, RehearsedStep, rehearse
 from dashboard.plans.service import Plan, build_plan, render_plan
 from dashboard.progress import Progress
+from dashboard.rollouts import flows as rollout_flows
 from dashboard.schema import Change, SchemaDiff
 from dashboard.tasks import service as tasks
 from dashboard.tasks.models import Task
@@ -34,11 +42,13 @@ from dashboard.tasks.service import EVERY_ENVIRONMENT, TaskSpec
 from dashboard.users.models import Role
 
 PLAN, SCHEMA_DIFF, REHEARSAL, DRIFT_CHECK = "plan", "schema_diff", "rehearsal", "drift_check"
+ROLLOUT_REHEARSAL = rollout_flows.ROLLOUT_REHEARSAL
 KIND_NAMES = {
     PLAN: "SQL of every step",
     SCHEMA_DIFF: "schema diff",
     REHEARSAL: "rehearsal",
     DRIFT_CHECK: "drift check",
+    ROLLOUT_REHEARSAL: "rollout rehearsal",
 }
 # Who may start (or run again) each kind: scratch work needs an operator; rendering a plan's SQL
 # shows what a viewer may already read.
@@ -47,11 +57,13 @@ START_ROLES = {
     SCHEMA_DIFF: Role.OPERATOR,
     REHEARSAL: Role.OPERATOR,
     DRIFT_CHECK: Role.OPERATOR,
+    ROLLOUT_REHEARSAL: Role.OPERATOR,
 }
 PLAN_CHANGED = (
     "The plan changed since this was asked for (the environment moved or a script changed): "
     "reload the diff page and run it again."
 )
+PLANNING = "planning…"
 
 
 # --- plans from a request ---------------------------------------------------------------------
@@ -79,11 +91,34 @@ def plan_for_request(
     )
 
 
-def _steps_plan(spec: TaskSpec) -> tuple[Environment, Plan]:
-    """The environment and the plan a task was asked for, as long as it has not changed."""
+def task_key(*, environment: Environment, args: Mapping[str, str]) -> str:
+    """The key of a plan's tasks, known without planning (see the module's docstring)."""
+    return diffs.plan_request_key(
+        project=get_project(),
+        environment=environment,
+        args=args,
+        # Between two revisions the plan is offline: the environment's revision plays no part.
+        known_current=None if "from" in args else _known_current(environment),
+    )
+
+
+def _known_current(environment: Environment) -> tuple[str, ...] | None:
+    """The environment's revisions as last read in the background (None: not read yet)."""
+    statuses = environments.stored_statuses(project=get_project(), reading_since=None)
+    for status in statuses:
+        if status.name == environment.name and status.checked_at is not None:
+            return tuple(status.current)
+    return None
+
+
+def _steps_plan(spec: TaskSpec, progress: Progress) -> tuple[Environment, Plan]:
+    """The environment and the plan a task was asked for, as long as it is the one the page
+    showed (when the page said which)."""
+    progress(0, 0, PLANNING)
     environment = environment_named(spec.environment)
     plan = plan_for_request(environment=environment, args=spec.params["args"], render=False)
-    if plan.fingerprint != spec.key:
+    expected = spec.params.get("fingerprint")
+    if expected is not None and plan.fingerprint != expected:
         raise PlanError(PLAN_CHANGED)
     return environment, plan
 
@@ -92,12 +127,13 @@ def _steps_plan(spec: TaskSpec) -> tuple[Environment, Plan]:
 
 
 def _render_all(*, spec: TaskSpec, progress: Progress) -> dict[str, Any]:
-    environment, plan = _steps_plan(spec)
+    environment, plan = _steps_plan(spec, progress)
     rendered = render_plan(
         project=get_project(), environment=environment, plan=plan, progress=progress
     )
     return {
         "fingerprint": rendered.fingerprint,
+        "steps_fingerprint": plan.fingerprint,
         "steps": [
             {
                 "revision_id": step.revision_id,
@@ -110,17 +146,17 @@ def _render_all(*, spec: TaskSpec, progress: Progress) -> dict[str, Any]:
 
 
 def _schema_diff(*, spec: TaskSpec, progress: Progress) -> dict[str, Any]:
-    environment, plan = _steps_plan(spec)
+    environment, plan = _steps_plan(spec, progress)
     changes = diffs.plan_schema_diff(
         project=get_project(), environment=environment, plan=plan, progress=progress
     )
-    return changes.as_dict()
+    return {**changes.as_dict(), "steps_fingerprint": plan.fingerprint}
 
 
 def _rehearsal(*, spec: TaskSpec, progress: Progress) -> dict[str, Any]:
-    environment, plan = _steps_plan(spec)
+    environment, plan = _steps_plan(spec, progress)
     result = rehearse(project=get_project(), environment=environment, plan=plan, progress=progress)
-    return result.as_dict()
+    return {**result.as_dict(), "steps_fingerprint": plan.fingerprint}
 
 
 def _drift_check(*, spec: TaskSpec, progress: Progress) -> dict[str, Any]:
@@ -137,6 +173,7 @@ WORKS: dict[str, tasks.Work] = {
     SCHEMA_DIFF: _schema_diff,
     REHEARSAL: _rehearsal,
     DRIFT_CHECK: _drift_check,
+    ROLLOUT_REHEARSAL: rollout_flows.rehearse_rollout,
 }
 
 
@@ -149,18 +186,37 @@ def run_task(*, task_id: int) -> Task | None:
 
 
 def start_plan_task(
-    *, kind: str, environment: Environment, args: Mapping[str, str], actor: str, again: bool
+    *,
+    kind: str,
+    environment: Environment,
+    args: Mapping[str, str],
+    fingerprint: str | None,
+    actor: str,
+    again: bool,
 ) -> Task:
-    """Start (or join, or reuse) a plan render, schema diff or rehearsal of the plan asked for."""
-    plan = plan_for_request(environment=environment, args=args, render=False)
+    """Start (or join, or reuse) a plan render, schema diff or rehearsal of the plan asked for,
+    without planning it here: the task plans, and refuses a plan other than `fingerprint`."""
+    key = task_key(environment=environment, args=args)
+    if not again and fingerprint is not None:
+        # A fresh result counts only if it is about the plan the page showed.
+        fresh = tasks.current_task(kind=kind, environment=environment.name, key=key)
+        again = fresh is not None and not shows_plan(fresh, fingerprint)
+    params: dict[str, Any] = {"args": dict(args)}
+    if fingerprint is not None:
+        params["fingerprint"] = fingerprint
     return _submit(
-        kind=kind,
-        environment=environment.name,
-        key=plan.fingerprint,
-        params={"args": dict(args)},
-        actor=actor,
-        again=again,
+        kind=kind, environment=environment.name, key=key, params=params, actor=actor, again=again
     )
+
+
+def shows_plan(task: Task, fingerprint: str) -> bool:
+    """Whether a plan's task belongs on a page showing the steps fingerprint `fingerprint`: it
+    is under way, or it was asked for that plan (or for none) and, if it planned, found it."""
+    if tasks.shown_state(task=task).active:
+        return True
+    asked = (task.params or {}).get("fingerprint")
+    planned = (task.result or {}).get("steps_fingerprint")
+    return asked in (None, fingerprint) and planned in (None, fingerprint)
 
 
 def start_drift_check(*, environment: Environment | None, actor: str) -> Task:
@@ -252,6 +308,8 @@ def _args(task: Task) -> dict[str, str]:
 def _origin_url(task: Task) -> str:
     if task.kind == DRIFT_CHECK:
         return url_for("drift.index")
+    if task.kind == ROLLOUT_REHEARSAL:
+        return url_for("rollouts.rollout", rollout_id=task.params["rollout"])
     return url_for("diffs.diff", name=task.environment, **_args(task))
 
 
@@ -259,14 +317,19 @@ def _start_url(task: Task) -> str:
     endpoint = {PLAN: "diffs.render", SCHEMA_DIFF: "diffs.schema", REHEARSAL: "diffs.rehearsal"}
     if task.kind == DRIFT_CHECK:
         return url_for("drift.check")
-    return url_for(endpoint[task.kind], name=task.environment, **_args(task))
+    if task.kind == ROLLOUT_REHEARSAL:
+        return url_for("rollouts.rehearse", rollout_id=task.params["rollout"])
+    # Run again for the plan this task was asked for: if it has changed since, the task says so.
+    fingerprint = (task.params or {}).get("fingerprint")
+    extra = {"fingerprint": fingerprint} if fingerprint else {}
+    return url_for(endpoint[task.kind], name=task.environment, **_args(task), **extra)
 
 
 def _result_context(task: Task) -> dict[str, Any]:
     result = task.result or {}
     if task.kind == SCHEMA_DIFF:
         return {"changes": schema_diff_from(result)}
-    if task.kind == REHEARSAL:
+    if task.kind in (REHEARSAL, ROLLOUT_REHEARSAL):
         return {"rehearsal": rehearsal_from(result)}
     return dict(result)
 
@@ -306,14 +369,14 @@ def rehearsal_from(result: Mapping[str, Any]) -> Rehearsal:
 
 def rendered_plan_from(*, plan: Plan, task: Task | None) -> Plan | None:
     """The steps-only `plan` with the SQL a finished plan task rendered for it, if any."""
+    result = (task.result or {}) if task is not None else {}
     if (
         task is None
         or task.kind != PLAN
         or task.state != "succeeded"
-        or task.key != plan.fingerprint
+        or result.get("steps_fingerprint") != plan.fingerprint
     ):
         return None
-    result = task.result or {}
     by_id = {step["revision_id"]: step for step in result.get("steps", ())}
     if set(by_id) != set(plan.revision_ids):
         return None
