@@ -16,6 +16,11 @@ nothing and would bury the migration's own statements:
 A SELECT on the application's tables (a data migration reading through op.get_bind()) is
 never set apart.
 
+A step that reads or writes the application's rows (a data migration: a SELECT, INSERT, UPDATE
+or DELETE on its tables, other than the version table and an SQLite batch rebuild's copy into
+its `_alembic_tmp_` table) is marked `data_migration`: on the scratch database, which has the
+schema but no rows, it found nothing to work on, so what it would run per row is not listed.
+
 A step's duration runs from Alembic's "Running upgrade/downgrade" log line (else the step's
 first statement) to the child's last line, timed in this process as the lines arrive: the
 child interpreter's start-up is not the migration's time.
@@ -41,7 +46,7 @@ from dashboard.errors import (
     ScratchUnavailable,
 )
 from dashboard.plans.service import Plan, PlanStep
-from dashboard.plans.warnings import sql_tokens, statement_warnings
+from dashboard.plans.warnings import sql_tokens, statement_findings
 from dashboard.progress import Progress
 from dashboard.schema.service import build_steps, materialize, reflect_schema
 from dashboard.target.runner import CHUNK_STEPS, SQL_MARKER, run_in_child
@@ -65,6 +70,8 @@ _LOCK_FUNCTIONS = {
 }
 # Statements that only read the server's metadata.
 _METADATA_COMMANDS = {"PRAGMA", "DESCRIBE", "DESC", "SHOW", "EXPLAIN"}
+_ROW_COMMANDS = {"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "REPLACE", "COPY"}
+_BATCH_COPY_PREFIX = "_alembic_tmp_"
 # Dialects whose statements alone do not say what a change loses (an SQLite batch rebuild,
 # a MySQL MODIFY that restates the type): the scratch schema is read before each such step.
 _REFLECT_BEFORE_STEPS = ("sqlite", "mysql", "mariadb")
@@ -83,6 +90,7 @@ class RehearsedStep:
     warnings: tuple[str, ...] = ()
     introspection: tuple[str, ...] = ()  # catalogue/version/lock reads set apart
     ran: bool = True
+    data_migration: bool = False  # read or wrote the application's rows (see the docstring)
 
     @property
     def status(self) -> str:
@@ -157,6 +165,21 @@ def is_introspection(statement: str, *, version_table: str = "alembic_version") 
     if names & (_CATALOGUES | _LOCK_FUNCTIONS):
         return True
     return bool(names) and names <= {version_table.lower(), "version_num"}
+
+
+def touches_rows(statement: str, *, version_table: str = "alembic_version") -> bool:
+    """Does this statement read or write the application's rows (see the module docstring)?"""
+    tokens = sql_tokens(statement)
+    if not tokens or tokens[0][1].upper() not in _ROW_COMMANDS:
+        return False
+    names = {
+        token[1].strip('"`[]').lower()
+        for token in tokens
+        if token[0] in sqlparse.tokens.Name or token[0] in sqlparse.tokens.Literal.String.Symbol
+    }
+    if any(name.startswith(_BATCH_COPY_PREFIX) for name in names):
+        return False  # an SQLite batch rebuild copying the table it recreates
+    return bool(names - {version_table.lower(), "version_num"})
 
 
 def rehearse(
@@ -363,13 +386,18 @@ def _run_step(
         duration_seconds=duration,
         succeeded=outcome.succeeded,
         error=None if outcome.succeeded else outcome.failure_reason,
+        # A step that could not render offline: what really ran is all squawk can read.
         warnings=tuple(
-            statement_warnings(
+            statement_findings(
                 statements,
                 scratch.dialect,
                 tables=tables,
                 version_table=scratch.version_table,
+                lint=step.sql is None,
             )
         ),
         introspection=tuple(introspection),
+        data_migration=any(
+            touches_rows(statement, version_table=scratch.version_table) for statement in statements
+        ),
     )

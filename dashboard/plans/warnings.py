@@ -9,6 +9,73 @@ from pathlib import Path
 
 import sqlparse
 
+from dashboard.environments.loader import Environment
+from dashboard.plans.lint import ERROR, INFO, WARNING, Finding, lint_steps
+
+# Our own rules: what each finding of this module means, and how to avoid it.
+DROP_TABLE = "drop-table"
+DROP_COLUMN = "drop-column"
+CHANGE_TYPE = "change-column-type"
+TRUNCATE = "truncate"
+DELETE_ALL = "delete-without-where"
+DROP_OBJECT = "drop-object"
+INDEX_LOCK = "index-locks-table"
+NOT_CHECKED = "not-checked"
+NOT_LINTED = "not-linted"
+NON_TRANSACTIONAL = "non-transactional-ddl"
+MULTIPLE_HEADS = "multiple-heads"
+RULES: dict[str, tuple[str, str | None]] = {
+    DROP_TABLE: (ERROR, "stop using the table and back it up, then drop it in a later release"),
+    DROP_COLUMN: (
+        ERROR,
+        "stop reading the column in the app first, then drop it in a later release",
+    ),
+    CHANGE_TYPE: (
+        ERROR,
+        "add a column of the new type, backfill it, move readers over, then drop the old one",
+    ),
+    TRUNCATE: (ERROR, "back the rows up first, or delete only the rows meant (DELETE … WHERE)"),
+    DELETE_ALL: (ERROR, "add a WHERE clause, or back the rows up first"),
+    DROP_OBJECT: (WARNING, "check nothing still uses it"),
+    INDEX_LOCK: (
+        WARNING,
+        "CREATE INDEX CONCURRENTLY: op.create_index(..., postgresql_concurrently=True) "
+        "inside op.get_context().autocommit_block()",
+    ),
+    NOT_CHECKED: (WARNING, "fix the script so that it parses"),
+    NOT_LINTED: (INFO, "rehearse the plan to see (and read) the statements it runs"),
+    NON_TRANSACTIONAL: (
+        WARNING,
+        "keep one DDL change per revision, so a failure leaves a revision wholly applied or not",
+    ),
+    MULTIPLE_HEADS: (WARNING, "flask db merge heads"),
+}
+# squawk's rules that say what one of ours says (ours names the table and column).
+SQUAWK_TWINS = {
+    "ban-drop-table": DROP_TABLE,
+    "ban-drop-column": DROP_COLUMN,
+    "changing-column-type": CHANGE_TYPE,
+    "require-concurrent-index-creation": INDEX_LOCK,
+}
+# squawk's rules about the environment's settings, said once per plan.
+ENVIRONMENT_RULES = {
+    "require-lock-timeout": "statements take locks with no lock_timeout set",
+    "require-statement-timeout": "statements may run long with no statement_timeout set",
+}
+
+
+# MySQL/MariaDB build most indexes online, but only ask for it to be sure of it.
+MYSQL_INDEX_FIX = (
+    "CREATE INDEX … ALGORITHM=INPLACE, LOCK=NONE (through op.execute), "
+    "which the server refuses rather than lock the table"
+)
+
+
+def finding(rule: str, reason: str, fix: str | None = None) -> Finding:
+    """A finding of one of our own rules (RULES), with the rule's fix unless given another."""
+    severity, default_fix = RULES[rule]
+    return Finding(reason, rule=rule, severity=severity, fix=fix or default_fix)
+
 
 def _text(node: ast.AST | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
@@ -41,27 +108,41 @@ def _batch_tables(function: ast.FunctionDef) -> dict[str, str]:
     return tables
 
 
-def sql_warnings(statement: str) -> list[str]:
+def sql_warnings(statement: str) -> list[Finding]:
     """Warn about destructive SQL in a raw statement (parsed with sqlparse)."""
     found = []
     for parsed in sqlparse.parse(statement):
         kind = parsed.get_type()
         words = [token.normalized for token in parsed.flatten() if token.is_keyword]
         if "TRUNCATE" in words:
-            found.append("truncates a table")
+            found.append(finding(TRUNCATE, "truncates a table"))
         elif kind == "DELETE" and "WHERE" not in words:
-            found.append("deletes every row of a table (DELETE without WHERE)")
+            found.append(finding(DELETE_ALL, "deletes every row of a table (DELETE without WHERE)"))
+        elif kind == "DROP" and "TABLE" in words[:3]:
+            found.append(finding(DROP_TABLE, "drops a table"))
         elif kind == "DROP":
-            found.append("drops a database object")
+            found.append(finding(DROP_OBJECT, "drops a database object"))
     return found
 
 
-def script_warnings(*, path: Path, direction: str, dialect: str | None) -> list[str]:
+def _created_tables(function: ast.FunctionDef) -> set[str]:
+    """Tables that `op.create_table('t', …)` creates in this function."""
+    return {
+        name
+        for node in ast.walk(function)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "create_table"
+        and (name := _argument(node, 0, "table_name"))
+    }
+
+
+def script_warnings(*, path: Path, direction: str, dialect: str | None) -> list[Finding]:
     """Return what is risky in the upgrade() (or downgrade()) of one migration script."""
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (OSError, SyntaxError) as error:
-        return [f"cannot be checked for destructive operations: {error}"]
+        return [finding(NOT_CHECKED, f"cannot be checked for destructive operations: {error}")]
     function = next(
         (
             node
@@ -73,7 +154,9 @@ def script_warnings(*, path: Path, direction: str, dialect: str | None) -> list[
     if function is None:
         return []
     batch = _batch_tables(function)
-    found: list[str] = []
+    # An index on a table this step creates locks nothing anyone else uses yet.
+    created = _created_tables(function)
+    found: list[Finding] = []
     for node in ast.walk(function):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue
@@ -81,53 +164,152 @@ def script_warnings(*, path: Path, direction: str, dialect: str | None) -> list[
         owner = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
         in_batch = owner in batch
         if operation == "drop_table":
-            found.append(f"destructive: drops table {_argument(node, 0, 'table_name') or '?'}")
+            table = _argument(node, 0, "table_name") or "?"
+            found.append(finding(DROP_TABLE, f"destructive: drops table {table}"))
         elif operation == "drop_column":
             if in_batch:
                 table, column = batch[owner], _argument(node, 0, "column_name")
             else:
                 table, column = _argument(node, 0, "table_name"), _argument(node, 1, "column_name")
-            found.append(f"destructive: drops column {table or '?'}.{column or '?'} and its data")
+            found.append(
+                finding(
+                    DROP_COLUMN,
+                    f"destructive: drops column {table or '?'}.{column or '?'} and its data",
+                )
+            )
         elif operation == "alter_column" and _keyword(node, "type_") is not None:
             if in_batch:
                 table, column = batch[owner], _argument(node, 0, "column_name")
             else:
                 table, column = _argument(node, 0, "table_name"), _argument(node, 1, "column_name")
             found.append(
-                f"destructive: changes the type of {table or '?'}.{column or '?'}, "
-                "which can lose data"
+                finding(
+                    CHANGE_TYPE,
+                    f"destructive: changes the type of {table or '?'}.{column or '?'}, "
+                    "which can lose data",
+                )
             )
         elif operation == "execute":
             statement = _argument(node, 0, "sqltext")
             if statement:
-                found.extend(f"destructive: {warning}" for warning in sql_warnings(statement))
+                found.extend(
+                    finding(warning.rule, f"destructive: {warning}")
+                    for warning in sql_warnings(statement)
+                )
         elif operation == "create_index" and dialect in ("postgresql", "mysql", "mariadb"):
             concurrently = _keyword(node, "postgresql_concurrently")
             if dialect == "postgresql" and concurrently is not None:
                 continue
             table = batch[owner] if in_batch else _argument(node, 1, "table_name")
-            found.append(f"locks table {table or '?'} while the index is built")
+            if table in created:
+                continue
+            found.append(
+                finding(
+                    INDEX_LOCK,
+                    f"locks table {table or '?'} while the index is built",
+                    fix=None if dialect == "postgresql" else MYSQL_INDEX_FIX,
+                )
+            )
     return found
 
 
 def plan_warnings(
-    *, steps: Iterable[tuple[str, Path]], direction: str, dialect: str | None, heads: int
-) -> list[str]:
-    """Return the warnings of a whole plan: per step, then for the plan."""
-    warnings = []
-    any_step = False
-    for revision_id, path in steps:
-        any_step = True
-        for warning in script_warnings(path=path, direction=direction, dialect=dialect):
-            warnings.append(f"{revision_id[:12]}: {warning}")
-    if any_step and dialect in ("mysql", "mariadb"):
+    *,
+    steps: Iterable[tuple[str, Path] | tuple[str, Path, str | None]],
+    direction: str,
+    dialect: str | None,
+    heads: int,
+    environment: Environment | None = None,
+    transactions: str | None = None,
+) -> list[Finding]:
+    """Return the findings of a whole plan: per step (ours and squawk's), then for the plan.
+
+    Steps given with their rendered SQL are linted by squawk on PostgreSQL. Our operation-based
+    rules stay for every step: they name the table and column, and they see what squawk cannot
+    (steps that cannot render offline, SQLite batch mode, MySQL, raw DELETE/TRUNCATE). A squawk
+    finding that says what one of ours already says for the step (SQUAWK_TWINS) is left out.
+    """
+    steps = [(step[0], step[1], step[2] if len(step) > 2 else None) for step in steps]
+    # A steps-only plan (rendered=False, the CLI's) has no SQL at all: nothing to say per step.
+    rendered = any(sql is not None for _, _, sql in steps)
+    by_step, whole_plan = _squawk_findings(steps, dialect, environment, transactions)
+    warnings: list[Finding] = []
+    for revision_id, path, sql in steps:
+        ours = script_warnings(path=path, direction=direction, dialect=dialect)
+        if dialect == "postgresql" and sql is None and rendered:
+            ours.append(
+                finding(NOT_LINTED, "cannot render offline, so squawk did not read its SQL")
+            )
+        merged = _merge(ours, by_step.get(revision_id, []))
+        warnings.extend(warning.for_step(revision_id) for warning in merged)
+    warnings.extend(warning.for_step(None) for warning in whole_plan)
+    if steps and dialect in ("mysql", "mariadb"):
         warnings.append(
-            "MySQL/MariaDB DDL is not transactional: a failure midway leaves the database "
-            "half-applied"
+            finding(
+                NON_TRANSACTIONAL,
+                "MySQL/MariaDB DDL is not transactional: a failure midway leaves the database "
+                "half-applied",
+            ).for_step(None)
         )
     if heads > 1:
-        warnings.append(f"the script directory has {heads} heads: merge them")
+        warnings.append(
+            finding(MULTIPLE_HEADS, f"the script directory has {heads} heads: merge them").for_step(
+                None
+            )
+        )
     return warnings
+
+
+def _squawk_findings(
+    steps: list[tuple[str, Path, str | None]],
+    dialect: str | None,
+    environment: Environment | None,
+    transactions: str | None,
+) -> tuple[dict[str, list[Finding]], list[Finding]]:
+    """squawk's findings per revision id, and those about the whole plan.
+
+    A missing timeout is said once for the plan (it is set per environment), naming the steps.
+    """
+    rendered = [(revision_id, sql) for revision_id, _, sql in steps if sql and sql.strip()]
+    if dialect != "postgresql" or not rendered:
+        return {}, []
+    exclude = []
+    # The runner sets the environment's timeouts before the first statement.
+    if environment is not None and environment.lock_timeout:
+        exclude.append("require-lock-timeout")
+    if environment is not None and environment.statement_timeout:
+        exclude.append("require-statement-timeout")
+    found = lint_steps(
+        rendered,
+        in_transaction=transactions != "none",
+        version_table=environment.version_table if environment else "alembic_version",
+        exclude=exclude,
+    )
+    by_step: dict[str, list[Finding]] = {}
+    whole_plan: list[Finding] = [warning for warning in found if warning.step is None]
+    per_environment: dict[str, list[Finding]] = {}
+    for warning in found:
+        if warning.step is None:
+            continue
+        if warning.rule in ENVIRONMENT_RULES:
+            per_environment.setdefault(warning.rule, []).append(warning)
+        else:
+            by_step.setdefault(warning.step, []).append(warning)
+    for rule, reason in ENVIRONMENT_RULES.items():
+        if rule in per_environment:
+            named = list(dict.fromkeys(str(warning.step)[:12] for warning in per_environment[rule]))
+            first = per_environment[rule][0]
+            whole_plan.append(
+                Finding(
+                    f"{reason} ({len(named)} step{'' if len(named) == 1 else 's'}: "
+                    f"{', '.join(named)})",
+                    rule=rule,
+                    severity=first.severity,
+                    fix=first.fix,
+                    source="squawk",
+                )
+            )
+    return by_step, whole_plan
 
 
 # --- warnings from statements that really ran (a rehearsal) -----------------------------------
@@ -285,7 +467,7 @@ def statement_warnings(
     *,
     tables: dict[str, dict[str, str]] | None = None,
     version_table: str = "alembic_version",
-) -> list[str]:
+) -> list[Finding]:
     """Warn about what executed statements destroy or lock (parsed with sqlparse).
 
     `tables` (table → column → type, as the database held them before the statements) lets
@@ -295,12 +477,14 @@ def statement_warnings(
     """
     known = {name: dict(columns) for name, columns in (tables or {}).items()}
     lexed = [sql_tokens(statement) for statement in statements]
-    found: list[str] = []
+    found: list[Finding] = []
     copies: dict[str, list[tuple[str, str | None]]] = {}
+    created: set[str] = set()  # an index on a table created here locks nothing in use
 
     def warn(text: str) -> None:
         if text not in found:
-            found.append(text)
+            rule = next(rule for prefix, rule in _STATEMENT_RULES if text.startswith(prefix))
+            found.append(finding(rule, text))
 
     for position, tokens in enumerate(lexed):
         words = [_word(token) for token in tokens]
@@ -311,10 +495,13 @@ def statement_warnings(
             name, _ = _read_name(tokens, 2)
             if name:
                 known[name] = _created_columns(tokens)
+                created.add(name)
         elif first == "CREATE" and "INDEX" in words[:4]:
             if dialect == "postgresql" and "CONCURRENTLY" not in words:
                 on = words.index("ON") if "ON" in words else None
                 table = _read_name(tokens, on + 1)[0] if on is not None else None
+                if table in created:
+                    continue
                 warn(f"locks table {table or '?'} while the index is built")
         elif first == "INSERT" and len(words) > 2 and words[1] == "INTO":
             name, _ = _read_name(tokens, 2)
@@ -342,6 +529,56 @@ def statement_warnings(
             if table != version_table:
                 warn(f"destructive: deletes every row of {table or '?'} (DELETE without WHERE)")
     return found
+
+
+# The rule of each text statement_warnings says, by its beginning.
+_STATEMENT_RULES = (
+    ("locks table", INDEX_LOCK),
+    ("destructive: drops table", DROP_TABLE),
+    ("destructive: drops column", DROP_COLUMN),
+    ("destructive: changes the type", CHANGE_TYPE),
+    ("destructive: truncates", TRUNCATE),
+    ("destructive: deletes every row", DELETE_ALL),
+    ("", DROP_OBJECT),
+)
+
+
+def statement_findings(
+    statements: Iterable[str],
+    dialect: str | None,
+    *,
+    tables: dict[str, dict[str, str]] | None = None,
+    version_table: str = "alembic_version",
+    lint: bool = False,
+    in_transaction: bool = True,
+) -> list[Finding]:
+    """statement_warnings, and with `lint` on PostgreSQL squawk's findings on the statements.
+
+    For a rehearsed step that could not render offline (a data migration): what ran is then
+    all squawk can read. Like plan_warnings, a squawk finding twin to one of ours is left out.
+    """
+    statements = list(statements)
+    ours = statement_warnings(statements, dialect, tables=tables, version_table=version_table)
+    if not lint or dialect != "postgresql" or not statements:
+        return ours
+    text = "".join(f"{statement.strip().rstrip(';')};\n" for statement in statements)
+    found = lint_steps(
+        [("rehearsed", text)], in_transaction=in_transaction, version_table=version_table
+    )
+    # squawk's say their rule and fix in their text: the rehearsal shows findings as text.
+    return _merge(ours, [warning.for_step(None) for warning in found])
+
+
+def _merge(ours: list[Finding], squawk: list[Finding]) -> list[Finding]:
+    """Our findings, then squawk's, less those that say what one of ours says (SQUAWK_TWINS)."""
+    merged, unpaired = list(ours), [warning.rule for warning in ours]
+    for warning in squawk:
+        twin = SQUAWK_TWINS.get(warning.rule)
+        if twin in unpaired:
+            unpaired.remove(twin)
+        else:
+            merged.append(warning)
+    return merged
 
 
 def _is_batch_rename(tokens: list[tuple[object, str]], table: str) -> bool:

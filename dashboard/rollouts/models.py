@@ -77,6 +77,11 @@ class Rollout(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True), nullable=True)
     # The job that executes it; no foreign key both ways, so either row can be written first.
     job_id: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # The background task that rehearses the frozen plan on a scratch database (the newest, when
+    # rehearsed again), and the outcome it stored: Rehearsal.as_dict() plus `task` and
+    # `rehearsed_at`. Kept here, not only in the task, so every server shows the same evidence.
+    rehearsal_task_id: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    rehearsal: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
 
     votes: Mapped[list[RolloutVote]] = relationship(
         back_populates="rollout", order_by="RolloutVote.id", lazy="selectin"
@@ -118,6 +123,16 @@ class Rollout(db.Model):
     def rejections(self) -> list[RolloutVote]:
         return [vote for vote in self.votes if vote.decision == VoteDecision.REJECT]
 
+    @property
+    def rehearsal_outcome(self) -> str:
+        """What its rehearsal says, as stored: succeeded, failed, not rehearsed, or pending
+        (its task has stored no outcome yet)."""
+        stored = self.rehearsal or {}
+        if not stored or stored.get("task") != self.rehearsal_task_id:
+            return "pending" if self.rehearsal_task_id is not None else "not rehearsed"
+        status = stored.get("status")
+        return "not rehearsed" if status == "unavailable" else str(status)
+
     def vote_by(self, user_id: int | None) -> RolloutVote | None:
         """Return the vote this user cast, or None."""
         return next((vote for vote in self.votes if vote.user_id == user_id), None)
@@ -147,6 +162,7 @@ class Rollout(db.Model):
             "expires_at": _iso(self.expires_at),
             "executed_at": _iso(self.executed_at),
             "job": self.job_id,
+            "rehearsal": self.rehearsal_outcome,
         }
 
 

@@ -36,6 +36,7 @@ from dashboard.errors import (
 from dashboard.extensions import db
 from dashboard.jobs.models import Job, JobState
 from dashboard.limits import check_length
+from dashboard.plans.blocking import check_block_on
 from dashboard.plans.service import Plan, build_plan
 from dashboard.rollouts.models import Rollout, RolloutState, RolloutVote, VoteDecision
 from dashboard.target import adapter as alembic_adapter
@@ -338,6 +339,13 @@ def request_rollout(
     )
     if plan.is_empty:
         raise RolloutRefused(f"Nothing to do: {environment.name} is already at {target}.")
+    check_block_on(
+        environment=environment,
+        plan=plan,
+        actor=actor,
+        justification=justification,
+        refusal=RolloutRefused,
+    )
     gate = _gate_refusal(environment=environment, plan=plan)
     if gate and not justification:
         raise RolloutRefused(
@@ -528,7 +536,12 @@ def _vote(
             rollout.state = RolloutState.APPROVED.value
             rollout.decided_at = utcnow()
         action = "rollout.approved"
-        extra = {"approvals": count, "approvals_required": required}
+        # What the approver was shown of the rehearsal when approving.
+        extra = {
+            "approvals": count,
+            "approvals_required": required,
+            "rehearsal": rollout.rehearsal_outcome,
+        }
     audit.record(
         action=action,
         actor=actor,
@@ -679,6 +692,70 @@ def _mark_stale(rollout_id: int, reason: str, actor: User) -> None:
     db.session.commit()
 
 
+# --- rehearsal evidence (written by dashboard.rollouts.flows, in the background) ----------
+
+
+def check_rehearsable(*, rollout_id: int, actor: User | None) -> Rollout:
+    """Return the rollout if `actor` may rehearse it again now: an operator, an open rollout."""
+    actor = _signed_in(actor, "rehearse a rollout")
+    if not actor.has_role(Role.OPERATOR):
+        raise RolloutForbidden("Rehearsing a rollout needs the operator role or higher.")
+    rollout = get_rollout(rollout_id=rollout_id)
+    if rollout is None:
+        raise RolloutRefused(f"There is no rollout #{rollout_id}.")
+    if rollout.current_state not in OPEN_STATES:
+        raise RolloutRefused(
+            f"Rollout #{rollout.id} is {rollout.current_state}: only a pending or approved "
+            "rollout is rehearsed."
+        )
+    return rollout
+
+
+def attach_rehearsal(*, rollout_id: int, task_id: int) -> Rollout:
+    """Make this task the rollout's rehearsal; an outcome another task stored is set aside."""
+    rollout = _locked(rollout_id)
+    rollout.rehearsal_task_id = task_id
+    if (rollout.rehearsal or {}).get("task") != task_id:
+        rollout.rehearsal = None
+    db.session.commit()
+    return rollout
+
+
+def record_rehearsal(
+    *, rollout_id: int, task_id: int | None, outcome: dict[str, Any], actor_name: str
+) -> Rollout | None:
+    """Store and audit the outcome of a rollout's rehearsal (a Rehearsal.as_dict()).
+
+    The outcome of a task that is no longer the rollout's rehearsal (it was rehearsed again
+    meanwhile) is dropped: None.
+    """
+    rollout = _locked(rollout_id)
+    if task_id is not None and rollout.rehearsal_task_id not in (None, task_id):
+        db.session.rollback()
+        return None
+    rollout.rehearsal = {**outcome, "task": task_id, "rehearsed_at": utcnow().isoformat()}
+    rollout.rehearsal_task_id = task_id
+    steps = outcome.get("steps") or []
+    status = outcome.get("status")
+    audit.record(
+        action="rollout.rehearsed",
+        actor=None,
+        actor_name=actor_name,
+        environment=rollout.environment,
+        details=_details(
+            rollout,
+            task=task_id,
+            outcome="not rehearsed" if status == "unavailable" else status,
+            reason=outcome.get("unavailable") or outcome.get("error"),
+            steps_run=sum(1 for step in steps if step.get("ran", True)),
+            statements=sum(len(step.get("statements") or ()) for step in steps),
+            warnings=list(outcome.get("warnings") or ()),
+        ),
+    )
+    db.session.commit()
+    return rollout
+
+
 # --- the link with jobs (used by dashboard.rollouts.flows) ---------------------------------
 
 
@@ -754,7 +831,12 @@ def job_finished(*, job: Job) -> Rollout | None:
         actor_name=job.requested_by,
         environment=rollout.environment,
         details=_details(
-            rollout, job=job.id, outcome=job.state, after=job.to_revisions, error=job.error
+            rollout,
+            job=job.id,
+            outcome=job.state,
+            after=job.to_revisions,
+            error=job.error,
+            on_behalf_of=job.requested_by,
         ),
     )
     return rollout

@@ -13,10 +13,11 @@ from dashboard.environments import environment_or_404, get_project
 from dashboard.error_pages import shows_errors_with
 from dashboard.errors import DashboardError
 from dashboard.extensions import expensive_work
-from dashboard.htmx import is_htmx_request
+from dashboard.htmx import is_htmx_request, stop_polling
 from dashboard.plans.service import build_plan
 from dashboard.rollouts import flows, policy
 from dashboard.rollouts import service as rollouts
+from dashboard.rollouts.evidence import evidence_of
 from dashboard.rollouts.models import Rollout, RolloutState
 from dashboard.users.models import Role
 
@@ -93,7 +94,7 @@ def new(name: str) -> ResponseReturnValue:
 def create(name: str) -> ResponseReturnValue:
     """Request a rollout of the plan the requester reviewed."""
     environment = environment_or_404(name)
-    created = rollouts.request_rollout(
+    created = flows.request_rollout(
         environment_name=environment.name,
         target=request.form.get("target", "").strip() or "head",
         reason=request.form.get("reason", ""),
@@ -116,7 +117,41 @@ def rollout(rollout_id: int) -> ResponseReturnValue:
         env=environment,
         can=policy.allowed_actions(rollout=found, actor=_actor()),
         timeline=policy.timeline(rollout=found),
+        evidence=evidence_of(found),
     )
+
+
+@bp.get("/rollouts/<int:rollout_id>/rehearsal")
+@role_required(Role.VIEWER)
+def rehearsal(rollout_id: int) -> ResponseReturnValue:
+    """The rehearsal's progress (htmx polls it); once it ended, its outcome swapped in."""
+    found = _rollout(rollout_id)
+    if not is_htmx_request():
+        return redirect(url_for("rollouts.rollout", rollout_id=rollout_id, _anchor="plan"))
+    evidence = evidence_of(found)
+    response = Response(
+        render_template(
+            "rollouts/_rehearsal_update.html",
+            rollout=found,
+            evidence=evidence,
+            can=policy.allowed_actions(rollout=found, actor=_actor()),
+        )
+    )
+    return response if evidence.active else stop_polling(response)
+
+
+@bp.post("/rollouts/<int:rollout_id>/rehearse")
+@role_required(Role.OPERATOR)
+@expensive_work
+@shows_errors_with(_refused)
+def rehearse(rollout_id: int) -> ResponseReturnValue:
+    """Rehearse the rollout's frozen plan again, in the background."""
+    found = _rollout(rollout_id)
+    flows.rehearse_again(rollout_id=found.id, actor=_actor())
+    if not is_htmx_request():
+        return redirect(url_for("rollouts.rollout", rollout_id=rollout_id, _anchor="plan"), 303)
+    found = _rollout(rollout_id)
+    return render_template("rollouts/_rehearsal.html", rollout=found, evidence=evidence_of(found))
 
 
 @bp.get("/rollouts/<int:rollout_id>/schema")
