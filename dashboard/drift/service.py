@@ -1,17 +1,25 @@
 """Drift checks: run one (it builds a scratch database), keep the newest per environment.
 
-Checks run when a person or `flask dashboard drift` (from cron or CI) asks, never on a page view;
-the report is kept in the store, so every web process and the Overview show the same answer.
+Checks run when a person or `flask dashboard drift` (from cron or CI) asks, or every
+`drift_check_minutes` (the status refresher's lease holder starts them, see
+dashboard.scheduler.drift_schedule) — never on a page view. The report is kept in the store, so
+every web process and the Overview show the same answer. A report is shown as outdated once the
+environment's status, read after the check, names other revisions than the check found.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from dashboard.clock import as_aware, utcnow
 from dashboard.drift.models import DriftCheck
-from dashboard.environments import get_project
+from dashboard.environments import EnvironmentStatus, Status, get_project
+from dashboard.environments import service as statuses
+from dashboard.environments.loader import Environment
 from dashboard.errors import UnknownEnvironment
 from dashboard.extensions import db
 from dashboard.progress import Progress, no_progress
@@ -70,6 +78,53 @@ def check_drift(
 
 
 def latest_reports() -> dict[str, DriftReport]:
-    """Return the newest drift report of each environment that was ever checked."""
-    rows = db.session.scalars(sa.select(DriftCheck))
-    return {row.environment: row.as_report() for row in rows}
+    """Return the newest drift report of each environment that was ever checked, each marked
+    outdated (`moved_to`) when its environment was read at other revisions since."""
+    rows = list(db.session.scalars(sa.select(DriftCheck)))
+    if not rows:
+        return {}
+    read = statuses.stored_statuses(project=get_project(), reading_since=None)
+    by_name = {status.name: status for status in read}
+    return {
+        row.environment: with_freshness(row.as_report(), by_name.get(row.environment))
+        for row in rows
+    }
+
+
+# Statuses that name the revisions a database is at (the others could not read them).
+_READ = {Status.UP_TO_DATE, Status.BEHIND, Status.AHEAD_UNKNOWN, Status.MULTIPLE_HEADS}
+
+
+def with_freshness(report: DriftReport, status: EnvironmentStatus | None) -> DriftReport:
+    """Mark `report` outdated when `status`, read after the check, is at other revisions."""
+    if status is None or status.status not in _READ or status.checked_at is None:
+        return report
+    if as_aware(status.checked_at) <= report.checked_at:
+        return report  # the status predates the check: the check knows better
+    if sorted(status.current) == sorted(report.revisions):
+        return report
+    return dataclasses.replace(report, moved_to=tuple(sorted(status.current)))
+
+
+def scheduled_checks_due(*, now: datetime | None = None) -> list[Environment]:
+    """Return the environments with `drift_check_minutes` whose newest check is that old (or
+    that were never checked)."""
+    scheduled = [env for env in get_project().environments if env.drift_check_minutes]
+    if not scheduled:
+        return []
+    now = now or utcnow()
+    checked = dict(
+        db.session.execute(
+            sa.select(DriftCheck.environment, DriftCheck.checked_at).where(
+                DriftCheck.environment.in_([env.name for env in scheduled])
+            )
+        ).all()
+    )
+    db.session.rollback()  # end the read: the refresher polls (SQLite locks, MariaDB snapshots)
+    due = []
+    for env in scheduled:
+        last = as_aware(checked.get(env.name))
+        assert env.drift_check_minutes is not None
+        if last is None or now - last >= timedelta(minutes=env.drift_check_minutes):
+            due.append(env)
+    return due

@@ -46,6 +46,7 @@ def _environment(name: str, all_statuses: list[EnvironmentStatus]) -> str:
         status=status,
         graph=get_board().graph(),
         recent_rollouts=recent_rollouts,
+        drift_report=drift.latest_reports().get(name),
     )
 
 

@@ -33,8 +33,13 @@ _FAILED = object()
 class StoreCoordinator:
     """The store's side of a status board (see status.Coordinator); never raises for the store."""
 
-    def __init__(self, app: Flask, *, lease_seconds: float, name: str = STATUS_LEASE) -> None:
+    def __init__(
+        self, app: Flask, *, lease_seconds: float, name: str = STATUS_LEASE, elect: bool = True
+    ) -> None:
         self.app = app
+        # False in a web process of a deployment with workers: a worker holds the lease there,
+        # and this process only reads what it stores (and asks it for early runs).
+        self.elect = elect
         self.name = name
         self.lease_seconds = lease_seconds
         self._holder: tuple[int, str] | None = None
@@ -53,6 +58,8 @@ class StoreCoordinator:
 
     def hold(self) -> bool:
         """Take or renew the lease, at most three times per lease period; say if it is held."""
+        if not self.elect:
+            return False
         now = time.monotonic()
         if self._looked_at is not None and now - self._looked_at < self.lease_seconds / 3:
             return self._held

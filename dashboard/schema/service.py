@@ -2,20 +2,23 @@
 
 What is compared, per table (in the default schema; the version table is ignored):
 columns (name, type, nullability, server default), primary key columns, unique constraints,
-foreign keys (columns, referred table and columns, ON DELETE / ON UPDATE) and indexes
-(name, columns, uniqueness).
+foreign keys (columns, referred table and columns, ON DELETE / ON UPDATE), indexes
+(name, columns, uniqueness) and check constraints (their expression). An added or dropped
+table is one change that lists all of these as its parts.
 
 Normalised so that the same migrations on the same dialect compare equal:
 - a type is `str(type.compile(dialect))`, upper-cased;
 - a default loses outer parentheses, `::type` casts (PostgreSQL), outer quotes of a literal
   and case differences of CURRENT_TIMESTAMP-style keywords;
-- constraint names are not compared for primary keys, unique constraints and foreign keys
-  (databases generate them differently); these are keyed by their columns;
+- constraint names are not compared for primary keys, unique constraints, foreign keys and
+  check constraints (databases generate them differently); these are keyed by their columns
+  (a check constraint by its expression, whitespace and outer parentheses aside);
 - indexes that only back a unique constraint are not listed as indexes, nor (MySQL/MariaDB)
-  the index InnoDB creates by itself for a foreign key and drops when another index serves.
+  the index InnoDB creates by itself for a foreign key and drops when another index serves;
+- MariaDB's own `json_valid(col)` check behind a JSON column is not listed as a check.
 
 Out of scope (never reported, so no drift there is seen): views and materialized views,
-triggers, check constraints, sequences (beyond a column default naming one), comments,
+triggers, sequences (beyond a column default naming one), comments,
 grants and ownership, partitioning, tablespaces, collations and other server-specific
 options (storage engine, charset, row format), and any schema other than the default one.
 
@@ -52,7 +55,7 @@ from dashboard.target.engines import target_engine
 from dashboard.target.runner import CHUNK_STEPS, upgrade_in_chunks
 
 REFLECT_TIMEOUT = 5.0
-KINDS = ("table", "column", "primary_key", "unique", "foreign_key", "index")
+KINDS = ("table", "column", "primary_key", "unique", "foreign_key", "index", "check")
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -106,6 +109,15 @@ class ForeignKey:
 
 
 @dataclass(frozen=True)
+class CheckConstraint:
+    name: str | None
+    sqltext: str
+
+    def describe(self) -> str:
+        return f"{self.name}: CHECK ({self.sqltext})" if self.name else f"CHECK ({self.sqltext})"
+
+
+@dataclass(frozen=True)
 class Table:
     name: str
     columns: dict[str, Column]
@@ -113,13 +125,21 @@ class Table:
     unique_constraints: frozenset[tuple[str, ...]]
     foreign_keys: tuple[ForeignKey, ...]
     indexes: dict[str, Index]
+    check_constraints: tuple[CheckConstraint, ...] = ()
+
+    def parts(self) -> tuple[tuple[str, str], ...]:
+        """Everything the table has as (kind, description) pairs: columns, keys, indexes, checks."""
+        return (
+            *(("column", f"{c.name} {c.describe()}") for c in self.columns.values()),
+            *((("primary key", f"({', '.join(self.primary_key)})"),) if self.primary_key else ()),
+            *(("foreign key", fk.describe()) for fk in self.foreign_keys),
+            *(("unique", f"({', '.join(columns)})") for columns in sorted(self.unique_constraints)),
+            *(("index", f"{i.name} {i.describe()}") for i in self.indexes.values()),
+            *(("check", check.describe()) for check in self.check_constraints),
+        )
 
     def describe(self) -> str:
-        columns = ", ".join(f"{c.name} {c.describe()}" for c in self.columns.values())
-        text = f"columns: {columns}"
-        if self.primary_key:
-            text += f"; primary key ({', '.join(self.primary_key)})"
-        return text
+        return "; ".join(f"{kind} {text}" for kind, text in self.parts())
 
 
 @dataclass(frozen=True)
@@ -132,11 +152,29 @@ class Schema:
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # table | column | index | unique | foreign_key | primary_key
+    kind: str  # table | column | primary_key | unique | foreign_key | index | check
     action: str  # added | dropped | altered
     table: str
     name: str
     detail: str
+    # An added or dropped table's columns, keys, indexes and checks: (kind, description) pairs.
+    parts: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        # Stored as JSON (a task's result, a drift report), the pairs come back as lists.
+        object.__setattr__(self, "parts", tuple((kind, text) for kind, text in self.parts))
+
+    @property
+    def where(self) -> str:
+        """What changed, for a line of text: `table`, or `table.name` for what is in a table."""
+        return f"{self.table}.{self.name}" if self.name and self.kind != "table" else self.table
+
+    def text_lines(self) -> list[str]:
+        """The change as lines of text (a table's parts indented below it)."""
+        kind = self.kind.replace("_", " ")
+        detail = f" — {self.detail}" if self.detail and not self.parts else ""
+        lines = [f"{self.action:<8} {kind:<12} {self.where}{detail}"]
+        return lines + [f"    {part_kind:<12} {text}" for part_kind, text in self.parts]
 
 
 @dataclass(frozen=True)
@@ -146,6 +184,12 @@ class SchemaDiff:
     @property
     def is_empty(self) -> bool:
         return not self.changes
+
+    def text_lines(self) -> list[str]:
+        """The diff as lines of text, as the CLI prints it."""
+        if self.is_empty:
+            return ["(no schema changes)"]
+        return [line for change in self.changes for line in change.text_lines()]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -162,6 +206,14 @@ class DriftReport:
     reason: str | None
     checked_at: datetime
     revisions: tuple[str, ...] = ()
+    # Where the environment was read to be after this check, when that differs from `revisions`:
+    # the report then describes a schema the database no longer has (see drift.service).
+    moved_to: tuple[str, ...] | None = None
+
+    @property
+    def outdated(self) -> bool:
+        """Whether the environment moved to other revisions since this check."""
+        return self.moved_to is not None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +223,8 @@ class DriftReport:
             "reason": self.reason,
             "checked_at": self.checked_at.isoformat(),
             "revisions": list(self.revisions),
+            "outdated": self.outdated,
+            "moved_to": None if self.moved_to is None else list(self.moved_to),
         }
 
 
@@ -230,6 +284,8 @@ def reflect_schema(*, url: URL, version_table: str = "alembic_version") -> Schem
             dialect = connection.dialect
             names = [name for name in sorted(inspector.get_table_names()) if name != version_table]
             found = _read_tables(inspector, names)
+            if names:
+                found["checks"] = _read_checks(connection, inspector, names)
             tables = {
                 name: _reflect_table(
                     dialect, name, {kind: found[kind][(None, name)] for kind in found}
@@ -261,6 +317,42 @@ def _read_tables(inspector: sa.Inspector, names: list[str]) -> dict[str, dict[An
         for name in names:
             per_table.setdefault((None, name), empty.get(kind, []))
     return found
+
+
+def _read_checks(
+    connection: sa.Connection, inspector: sa.Inspector, names: list[str]
+) -> dict[Any, list[dict[str, Any]]]:
+    """Read every table's check constraints as {(None, table): [{name, sqltext}]}.
+
+    MariaDB keeps a check written on a column beside the column, where SQLAlchemy's reflection
+    does not look: its information_schema lists both kinds. The `json_valid(col)` check MariaDB
+    puts behind a JSON column belongs to the type, not to the migrations, and is left out.
+    """
+    if not getattr(connection.dialect, "is_mariadb", False):
+        found = inspector.get_multi_check_constraints(filter_names=names)
+        return {(None, name): found.get((None, name), []) for name in names}
+    rows = connection.execute(
+        sa.text(
+            "SELECT TABLE_NAME, CONSTRAINT_NAME, CHECK_CLAUSE, LEVEL "
+            "FROM information_schema.CHECK_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = DATABASE()"
+        )
+    ).all()
+    checks: dict[Any, list[dict[str, Any]]] = {(None, name): [] for name in names}
+    for table, name, clause, level in rows:
+        if (None, table) not in checks:
+            continue
+        if level == "Column" and clause.replace("`", "") == f"json_valid({name})":
+            continue
+        checks[(None, table)].append({"name": name, "sqltext": clause})
+    return checks
+
+
+def normalise_check(sqltext: str) -> str:
+    """Turn a reflected check expression into comparable text: one space, no outer parentheses."""
+    text = " ".join(str(sqltext).split())
+    while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
+        text = text[1:-1].strip()
+    return text
 
 
 def _reflect_table(dialect: sa.Dialect, name: str, found: dict[str, Any]) -> Table:
@@ -321,6 +413,12 @@ def _reflect_table(dialect: sa.Dialect, name: str, found: dict[str, Any]) -> Tab
             for key, index in indexes.items()
             if index.unique or (index.columns, index.name) not in implicit
         }
+    checks = {
+        normalise_check(check["sqltext"]): CheckConstraint(
+            name=check.get("name"), sqltext=normalise_check(check["sqltext"])
+        )
+        for check in found.get("checks", ())
+    }
     return Table(
         name=name,
         columns=columns,
@@ -328,6 +426,7 @@ def _reflect_table(dialect: sa.Dialect, name: str, found: dict[str, Any]) -> Tab
         unique_constraints=uniques,
         foreign_keys=foreign_keys,
         indexes=dict(sorted(indexes.items())),
+        check_constraints=tuple(checks[text] for text in sorted(checks)),
     )
 
 
@@ -348,9 +447,9 @@ def compare(before: Schema, after: Schema) -> SchemaDiff:
     for name in sorted(set(before.tables) | set(after.tables)):
         old, new = before.tables.get(name), after.tables.get(name)
         if old is None and new is not None:
-            changes.append(Change("table", "added", name, name, new.describe()))
+            changes.append(Change("table", "added", name, name, new.describe(), new.parts()))
         elif new is None and old is not None:
-            changes.append(Change("table", "dropped", name, name, old.describe()))
+            changes.append(Change("table", "dropped", name, name, old.describe(), old.parts()))
         elif old is not None and new is not None:
             changes.extend(_compare_tables(old, new))
     order = {kind: index for index, kind in enumerate(KINDS)}
@@ -410,6 +509,16 @@ def _compare_tables(old: Table, new: Table) -> Iterator[Change]:
             detail = f"{before_index.describe()} → {after_index.describe()}"
             yield Change("index", "altered", table, name, detail)
 
+    old_checks = {check.sqltext: check for check in old.check_constraints}
+    new_checks = {check.sqltext: check for check in new.check_constraints}
+    for text in sorted(set(old_checks) | set(new_checks)):
+        if text not in old_checks:
+            check = new_checks[text]
+            yield Change("check", "added", table, check.name or "", f"CHECK ({text})")
+        elif text not in new_checks:
+            check = old_checks[text]
+            yield Change("check", "dropped", table, check.name or "", f"CHECK ({text})")
+
 
 def _column_changes(before: Column, after: Column) -> str:
     parts = []
@@ -462,15 +571,45 @@ def materialize(
     `progress` hears "building the scratch database: step i of N" as each step begins.
     """
     with scratch_database(environment=environment) as url:
-        scratch = dataclasses.replace(project.database(environment), url=url)
-        upgrade_in_chunks(
-            scratch,
-            targets=_targets(revision),
-            what=BUILDING,
-            chunk_steps=chunk_steps,
-            progress=progress,
-        )
+        _Build(project, environment, chunk_steps, progress).upgrade(url, _targets(revision))
         yield url
+
+
+@dataclass
+class _Build:
+    """Scratch databases of one environment built up to revisions, the steps counted across all
+    of them (so that `progress` hears "step i of N" of the whole build)."""
+
+    project: Project
+    environment: Environment
+    chunk_steps: int
+    progress: Progress | None
+    total: int | None = None
+    done: int = 0
+
+    def upgrade(self, url: URL, targets: tuple[str, ...]) -> None:
+        """Upgrade the scratch database at `url` to `targets`."""
+        scratch = dataclasses.replace(self.project.database(self.environment), url=url)
+        self.done += upgrade_in_chunks(
+            scratch,
+            targets=targets,
+            what=BUILDING,
+            chunk_steps=self.chunk_steps,
+            progress=self.progress,
+            steps_done=self.done,
+            steps_total=self.total,
+        )
+
+    def read_at(self, ends: tuple[tuple[str, ...], ...]) -> list[Schema]:
+        """Build one scratch database to each end in turn, reading its schema at each."""
+        schemas = []
+        with scratch_database(environment=self.environment) as url:
+            for end in ends:
+                self.upgrade(url, end)
+                schemas.append(
+                    reflect_schema(url=url, version_table=self.environment.version_table)
+                )
+        return schemas
 
 
 def diff_revisions(
@@ -502,60 +641,13 @@ def diff_revisions(
         return SchemaDiff()  # the same revisions: the same schema
     if below[0] <= below[1] or below[1] <= below[0]:
         lower = 0 if below[0] <= below[1] else 1
-        schemas = _build_and_read(
-            project=project,
-            environment=environment,
-            ends=(ends[lower], ends[1 - lower]),
-            total=len(below[1 - lower]),
-            chunk_steps=chunk_steps,
-            progress=progress,
-        )
+        build = _Build(project, environment, chunk_steps, progress, total=len(below[1 - lower]))
+        schemas = build.read_at((ends[lower], ends[1 - lower]))
         before, after = schemas if lower == 0 else schemas[::-1]
         return compare(before, after)
-    total = len(below[0]) + len(below[1])
-    schemas = []
-    for end, done in ((ends[0], 0), (ends[1], len(below[0]))):
-        with scratch_database(environment=environment) as url:
-            scratch = dataclasses.replace(database, url=url)
-            upgrade_in_chunks(
-                scratch,
-                targets=end,
-                what=BUILDING,
-                chunk_steps=chunk_steps,
-                progress=progress,
-                steps_done=done,
-                steps_total=total,
-            )
-            schemas.append(reflect_schema(url=url, version_table=environment.version_table))
-    return compare(schemas[0], schemas[1])
-
-
-def _build_and_read(
-    *,
-    project: Project,
-    environment: Environment,
-    ends: tuple[tuple[str, ...], tuple[str, ...]],
-    total: int,
-    chunk_steps: int,
-    progress: Progress | None,
-) -> tuple[Schema, Schema]:
-    """Build one scratch database to the lower end, read it, go on to the higher one, read it."""
-    with scratch_database(environment=environment) as url:
-        scratch = dataclasses.replace(project.database(environment), url=url)
-        schemas: list[Schema] = []
-        done = 0
-        for end in ends:
-            done += upgrade_in_chunks(
-                scratch,
-                targets=end,
-                what=BUILDING,
-                chunk_steps=chunk_steps,
-                progress=progress,
-                steps_done=done,
-                steps_total=total,
-            )
-            schemas.append(reflect_schema(url=url, version_table=environment.version_table))
-        return schemas[0], schemas[1]
+    build = _Build(project, environment, chunk_steps, progress, total=len(below[0]) + len(below[1]))
+    before, after = (build.read_at((end,))[0] for end in ends)
+    return compare(before, after)
 
 
 def _live_schema(environment: Environment) -> Schema:
