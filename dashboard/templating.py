@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import Flask, current_app
-from markupsafe import Markup
+from flask import Flask, current_app, url_for
+from markupsafe import Markup, escape
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer, SqlLexer
@@ -84,6 +85,22 @@ def sql_source(sql: str) -> Markup:
     return Markup(highlight(sql, SqlLexer(), _sql_formatter))
 
 
+_JOB_MENTION = re.compile(r"\b([Jj]ob #)([0-9]{1,18})\b")
+
+
+def link_jobs(message: str) -> Markup:
+    """Escape a message and link each "job #N" it mentions to that job's page."""
+    return Markup(
+        _JOB_MENTION.sub(
+            lambda found: (
+                f'<a href="{url_for("jobs.job", job_id=int(found.group(2)))}">'
+                f"{found.group(1)}{found.group(2)}</a>"
+            ),
+            str(escape(message)),
+        )
+    )
+
+
 def htmx_script() -> dict[str, str | None]:
     """Return the htmx script's URL and, for the pinned CDN copy, its SRI hash."""
     url = current_app.config["HTMX_URL"]
@@ -96,6 +113,7 @@ def init_app(app: Flask) -> None:
     app.add_template_filter(status_tone)
     app.add_template_filter(ago)
     app.add_template_filter(short)
+    app.add_template_filter(link_jobs)
     app.add_template_global(htmx_script)
     app.add_template_filter(script_source)
     app.add_template_filter(sql_source)

@@ -81,7 +81,10 @@ MATRIX = {
     ("rollouts.reject", "POST"): outcome(302, 403, 403, 404),
     ("rollouts.cancel", "POST"): outcome(302, 403, 404),
     ("rollouts.execute", "POST"): outcome(302, 403, 404),
+    ("rollouts.rehearsal", "GET"): outcome(302, 404),  # no such rollout, once signed in
+    ("rollouts.rehearse", "POST"): outcome(302, 403, 404),
     ("health.healthz", "GET"): outcome(200, 200),
+    ("health.readyz", "GET"): outcome(200, 200),
     ("static", "GET"): outcome(200, 200),
 }
 FORM_DATA = {

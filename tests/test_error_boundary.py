@@ -204,9 +204,10 @@ def test_a_job_while_another_is_queued_is_409_and_exit_1(demo_app, clients):
             submit=False,
         )
         message = f"staging already has job #{queued.id}"
+        linked = f'staging already has <a href="/jobs/{queued.id}">job #{queued.id}</a>'
     post = run_form(clients["operator"], "staging", target="head", fingerprint=fingerprint)
-    assert_page(post(), 409, message)
-    assert_fragment(post(headers=HTMX), 409, message)
+    assert_page(post(), 409, linked)
+    assert_fragment(post(headers=HTMX), 409, linked)
 
     result = demo_app.test_cli_runner().invoke(args=["dashboard", "upgrade", "staging"])
     assert_cli_error(result, message)
@@ -414,6 +415,6 @@ def test_a_bad_environments_file_is_one_line_from_the_flask_command(tmp_path, sc
     assert finished.stdout == ""
     assert finished.stderr.splitlines() == [
         f"Error: {path}, line 2, key 'enviroments': unknown key; did you mean 'environments'? "
-        "(known keys: environments, migrations, project, python_path, version_table, "
-        "version_table_schema)"
+        "(known keys: alembic_ini, env, environments, migrations, project, python_path, "
+        "version_table, version_table_schema)"
     ]

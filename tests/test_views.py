@@ -97,7 +97,8 @@ def test_history_lists_every_revision_newest_first_with_marks_and_environments(d
     assert "merge</span>" in merge_row
     assert re.findall(r'chip">(\w+)<', merge_row) == ["dev", "staging", "production"]
     assert "branch point</span>" in html
-    assert html.count("<svg") == 13 and "<circle" in html
+    # Per row, the lane lines (stretched with the row) and the node (kept round) are two SVGs.
+    assert html.count("<svg") == 2 * 13 and html.count("<circle") == 13
 
 
 def test_history_of_thousands_of_revisions_is_paginated(tmp_path, script_tree):
@@ -243,13 +244,13 @@ def test_healthz_answers_without_touching_target_databases(demo_folder, closed_p
     assert not any((demo_folder / "demo").iterdir())
 
 
-def test_healthz_reports_an_unreachable_store(demo_folder, closed_port):
+def test_readyz_reports_an_unreachable_store(demo_folder, closed_port):
     client = make_app(
         demo_folder,
         SQLALCHEMY_DATABASE_URI=f"postgresql+psycopg://dash:hunter2-secret@127.0.0.1:{closed_port}/x",
     ).test_client()
 
-    response = client.get("/healthz")
+    response = client.get("/readyz")  # /healthz says only that the process serves
 
     assert response.status_code == 503
     assert response.get_json()["status"] == "unavailable"

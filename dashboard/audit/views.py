@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +21,11 @@ bp = Blueprint("audit", __name__)
 FILTER_NAMES = ("actor", "action", "environment", "since", "until")
 PER_PAGE = 50
 _REFUSED = {"refused", "denied", "failed", "error"}
+# A fingerprint or hash: long enough that only its start is worth showing in a row.
+_DIGEST = re.compile(r"[0-9a-f]{32,}")
+DIGEST_SHOWN = 12
+# Shown in their own places (the outcome badge, the actor column), not among the details.
+_NOT_DETAILS = {"outcome", "on_behalf_of"}
 
 
 def _filter_texts() -> dict[str, str]:
@@ -42,6 +50,54 @@ def audit_time(moment: datetime) -> str:
 def audit_tone(outcome: Any) -> str:
     """Return the colour class of an outcome: bad for refusals and failures, else ok."""
     return "bad" if str(outcome).lower() in _REFUSED else "ok"
+
+
+@dataclass(frozen=True)
+class DetailShown:
+    """One detail of an event as the page shows it: its key, its full text, and whether it is a
+    digest (shown shortened, with a copy button)."""
+
+    key: str
+    text: str
+    digest: bool
+
+    @property
+    def short(self) -> str:
+        return f"{self.text[:DIGEST_SHOWN]}…" if self.digest else self.text
+
+
+@dataclass(frozen=True)
+class EventShown:
+    """What the Audit page shows of an event besides its columns."""
+
+    details: list[DetailShown]
+    job: int | None  # the background job that acted, on `on_behalf_of`'s behalf
+    on_behalf_of: str | None
+
+
+def _detail_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ", ".join(value) or "none"
+    return json.dumps(value, ensure_ascii=False)
+
+
+@bp.app_template_global("audit_shown")
+def audit_shown(event: Any) -> EventShown:
+    """Prepare an event's details for the page, and say which job acted for whom, if one did."""
+    details = event.details or {}
+    shown = [
+        DetailShown(key, text, bool(_DIGEST.fullmatch(text)))
+        for key, value in sorted(details.items())
+        if key not in _NOT_DETAILS
+        for text in [_detail_text(value)]
+    ]
+    on_behalf_of = details.get("on_behalf_of")
+    job = details.get("job")
+    if on_behalf_of and isinstance(job, int) and event.actor_id is None:
+        return EventShown(shown, job, str(on_behalf_of))
+    return EventShown(shown, None, None)
 
 
 @bp.get("/audit")

@@ -30,6 +30,7 @@ from dashboard.extensions import db
 from dashboard.jobs.executor import get_executor
 from dashboard.jobs.models import ActiveJob, Job, JobLogLine, JobState
 from dashboard.limits import check_length
+from dashboard.plans.blocking import check_block_on
 from dashboard.plans.service import build_plan
 from dashboard.target import adapter as alembic_adapter
 from dashboard.target.locks import lock_is_free, terminate_sessions
@@ -192,6 +193,7 @@ def request_job(
     claim: JobClaim | None = None,
     submit: bool = True,
     rendered_plan: bool = True,
+    override_justification: str | None = None,
 ) -> Job:
     """Check the rules, plan, queue the job (one per environment) and audit the request.
 
@@ -246,6 +248,14 @@ def request_job(
             )
         if plan.is_empty:
             raise JobRefused(f"Nothing to do: {environment.name} is already at {target}.")
+        if claim is None:  # a rollout's plan was checked when the rollout was requested
+            check_block_on(
+                environment=environment,
+                plan=plan,
+                actor=actor,
+                justification=override_justification,
+                refusal=JobRefused,
+            )
         current, planned = plan.from_revisions, plan.revision_ids
         alembic_target, fingerprint = plan.alembic_target, plan.fingerprint
 
@@ -342,6 +352,7 @@ def cancel_job(*, job_id: int, actor: User | None, actor_name: str | None = None
     )
     _job_finished(job)
     db.session.commit()
+    get_executor().cancel(job.id)  # RQ: off the queue, or the horse that took it stopped
     return job
 
 
@@ -427,7 +438,7 @@ def _mark_interrupted(job: Job) -> None:
         actor=None,
         actor_name="system",
         environment=job.environment,
-        details=_job_details(job, outcome="interrupted"),
+        details=_job_details(job, outcome="interrupted", on_behalf_of=job.requested_by),
     )
     _job_finished(job)
 
@@ -563,7 +574,7 @@ def run_job(*, job_id: int, on_line: Callable[[str], None] | None = None) -> Job
         actor=None,
         actor_name=job.requested_by,
         environment=job.environment,
-        details=_job_details(job),
+        details=_job_details(job, on_behalf_of=job.requested_by),
     )
     db.session.commit()
     run = {
@@ -681,6 +692,7 @@ def _store_outcome(*, job_id: int, result: RunResult, outcome: _Outcome) -> Job:
             half_applied=job.half_applied,
             failed_revision=job.failed_revision,
             failed_step=job.failed_step,
+            on_behalf_of=job.requested_by,
         ),
     )
     _job_finished(job)

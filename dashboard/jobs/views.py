@@ -49,6 +49,7 @@ def start(name: str) -> ResponseReturnValue:
         target=request.form.get("target", "").strip() or "head",
         actor=current_user._get_current_object(),
         expected_fingerprint=request.form.get("fingerprint", "").strip() or None,
+        override_justification=request.form.get("override_justification"),
     )
     target = url_for("jobs.job", job_id=job.id)
     if is_htmx_request():
