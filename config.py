@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from dashboard.htmx import HTMX_CDN_URL
@@ -33,9 +34,22 @@ def _int(name: str, default: int) -> int | str:
         return raw
 
 
+def default_store_files(environments_file: str | os.PathLike[str]) -> tuple[str, Path]:
+    """The store (a SQLite URL) and the audit anchor file when neither is set: in the folder
+    `instance/` beside the environments file, so that two projects never share one store.
+
+    For the demo's environments.yaml beside this file that is instance/dashboard.db here, as
+    ever; a file called NAME.yaml (not environments.yaml) gets instance/dashboard-NAME.db.
+    """
+    source = Path(environments_file).resolve()
+    folder = source.parent / "instance"
+    suffix = "" if source.stem == "environments" else f"-{source.stem}"
+    return f"sqlite:///{folder / f'dashboard{suffix}.db'}", folder / f"audit-anchors{suffix}.log"
+
+
 class Config:
     SECRET_KEY = os.environ.get("SECRET_KEY", INSECURE_SECRET_KEY)
-    # None means "dashboard.db in the instance folder"; the factory fills it in.
+    # None: a SQLite file beside ENVIRONMENTS_FILE (default_store_files); the factory fills it in.
     SQLALCHEMY_DATABASE_URI = os.environ.get("DASHBOARD_DATABASE_URL") or None
     ENVIRONMENTS_FILE = os.environ.get("ENVIRONMENTS_FILE", str(BASE_DIR / "environments.yaml"))
     HTMX_URL = os.environ.get("HTMX_URL", HTMX_CDN_URL)
@@ -64,6 +78,8 @@ class Config:
     MAX_CONTENT_LENGTH = _int("DASHBOARD_MAX_CONTENT_LENGTH", 1024 * 1024)
     # Werkzeug's own bound on a form's fields in memory (500 kB by default) follows it.
     MAX_FORM_MEMORY_SIZE = MAX_CONTENT_LENGTH
+    # Rehearse a rollout's plan on a scratch database, in the background, when it is requested.
+    ROLLOUT_REHEARSALS = os.environ.get("DASHBOARD_ROLLOUT_REHEARSALS", "1") not in ("0", "false")
     # Supervising threads in each web process.
     JOB_WORKERS = 4
     # Threads for background tasks (schema diffs, rehearsals, drift checks, plan renders), apart
@@ -81,12 +97,26 @@ class Config:
     RATELIMIT_STORAGE_URI = os.environ.get("REDIS_URL") or "memory://"
     RATELIMIT_KEY_PREFIX = os.environ.get("DASHBOARD_RATELIMIT_KEY_PREFIX", "migration-dashboard")
     RATELIMIT_HEADERS_ENABLED = True
+    # Where jobs and background tasks run: "thread" (pools in each web process, the default) or
+    # "rq" (enqueued on REDIS_URL for `flask dashboard worker` processes; see docs/deploy.md).
+    JOB_EXECUTOR = os.environ.get("JOB_EXECUTOR", "thread")
+    REDIS_URL = os.environ.get("REDIS_URL") or None
+    # The RQ queues are named PREFIX-jobs and PREFIX-tasks (one prefix per deployment).
+    RQ_QUEUE_PREFIX = os.environ.get("DASHBOARD_RQ_QUEUE_PREFIX", "migration-dashboard")
+    # "text", or "json": one JSON object per log line, with the request's id.
+    LOG_FORMAT = os.environ.get("DASHBOARD_LOG_FORMAT", "text")
     # An append-only file that gets every committed audit head (SEQ:HASH), which
     # `flask dashboard audit verify` checks: deleting the newest events and their checkpoints
-    # is still found. Unset: audit-anchors.log in the instance folder; empty: off.
+    # is still found. Unset: beside the default store (default_store_files), or in the instance
+    # folder when DASHBOARD_DATABASE_URL is set; empty: off.
     AUDIT_ANCHOR_FILE = os.environ.get("DASHBOARD_AUDIT_ANCHOR_FILE")
     # Also print every committed audit head on stderr (the process log); the image does.
     AUDIT_LOG_HEADS = os.environ.get("DASHBOARD_AUDIT_LOG_HEADS", "") not in ("", "0", "false")
+    # The squawk that lints PostgreSQL plans (pip's squawk-cli installs it beside this Python);
+    # when it is not there, squawk on PATH; with neither, plans say they were not linted.
+    SQUAWK_BIN = os.environ.get("DASHBOARD_SQUAWK_BIN") or str(
+        Path(sys.executable).with_name("squawk")
+    )
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     REQUIRE_REAL_SECRET_KEY = False
@@ -103,6 +133,8 @@ class TestingConfig(Config):
     EXPENSIVE_WORK_LIMIT = "10000 per minute"
     # A test's first page shows what was read, as a person a moment after a start would see.
     FIRST_PAINT_SECONDS = _float("DASHBOARD_FIRST_PAINT_SECONDS", 5.0)
+    # Tests of rollout rehearsals turn them on; the rest would pay a rehearsal per request.
+    ROLLOUT_REHEARSALS = False
     # Tests that check anchoring give each app its own file; the rest anchor nowhere.
     AUDIT_ANCHOR_FILE = os.environ.get("DASHBOARD_AUDIT_ANCHOR_FILE", "")
 

@@ -5,21 +5,32 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 from flask import Flask
 from flask.cli import AppGroup
 from rich import progress as rich_progress
+from sqlalchemy.engine import make_url
 
+import config
 from dashboard import demo
 from dashboard.cli_errors import reports_errors
 from dashboard.diffs.service import plan_schema_diff
 from dashboard.drift import service as drift
-from dashboard.environments import EnvironmentStatus, environment_named, get_board, get_project
+from dashboard.environments import (
+    EnvironmentStatus,
+    environment_named,
+    get_board,
+    get_project,
+    scaffold,
+)
+from dashboard.errors import ConfigurationError
 from dashboard.jobs import service as jobs
 from dashboard.plans.service import build_plan
 from dashboard.progress import Progress, no_progress
@@ -111,6 +122,7 @@ def history_command(as_json: bool) -> None:
                 "down_revisions": list(revision.down_revisions),
                 "next_revisions": list(revision.next_revisions),
                 "created": revision.created,
+                "branch_labels": list(revision.branch_labels),
                 "marks": marks,
                 "applied_in": [name for name, ids in applied.items() if revision.id in ids],
             }
@@ -120,7 +132,9 @@ def history_command(as_json: bool) -> None:
         return
     for entry in entries:
         parents = ", ".join(entry["down_revisions"]) or "<base>"
-        marks = f" ({', '.join(entry['marks'])})" if entry["marks"] else ""
+        # Branch labels first, in their own parentheses, as `alembic history` prints them.
+        labels = f" ({', '.join(entry['branch_labels'])})" if entry["branch_labels"] else ""
+        marks = labels + (f" ({', '.join(entry['marks'])})" if entry["marks"] else "")
         where = f"  [{', '.join(entry['applied_in'])}]" if entry["applied_in"] else ""
         click.echo(f"{parents} -> {entry['id']}{marks}, {entry['message']}{where}")
 
@@ -282,11 +296,8 @@ def _progress_bar() -> Iterator[Progress]:
 
 
 def _print_changes(diff) -> None:
-    if diff.is_empty:
-        click.echo("  (no schema changes)")
-    for change in diff.changes:
-        detail = f" — {change.detail}" if change.detail else ""
-        click.echo(f"  {change.action:<8} {change.kind:<12} {change.table}.{change.name}{detail}")
+    for line in diff.text_lines():
+        click.echo(f"  {line}")
 
 
 @dashboard_cli.command("diff")
@@ -355,3 +366,111 @@ def demo_command() -> None:
     """Create or reset the demo: the dashboard's store and three SQLite environments."""
     for line in demo.build_demo():
         click.echo(line)
+
+
+@dashboard_cli.command("init")
+@click.argument("app_folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--env",
+    "pairs",
+    multiple=True,
+    metavar="NAME=URL",
+    help="An environment, in promotion order (repeat it); asked for when none is given. "
+    "Relative SQLite paths are relative to the environments file; ${VAR} takes a variable.",
+)
+@click.option(
+    "--migrations",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The app's script directory (default: APP_FOLDER/migrations, or the one found below).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write it (default: APP_FOLDER/environments.yaml); never over a file.",
+)
+@click.option("--project", "project_name", help="A display name (default: the folder's name).")
+@reports_errors
+def init_command(
+    app_folder: Path,
+    pairs: tuple[str, ...],
+    migrations: Path | None,
+    output: Path | None,
+    project_name: str | None,
+) -> None:
+    """Write an environments.yaml for your Flask-Migrate app in APP_FOLDER; print what next."""
+    app_folder = app_folder.resolve()
+    output = (output or app_folder / "environments.yaml").absolute()
+    if output.exists():  # before asking anything; writing checks again
+        raise click.ClickException(
+            f"{output} exists already: it is left as it is (remove it, or write another with "
+            "--output)"
+        )
+    if migrations is not None:
+        script_location = scaffold.check_script_directory(migrations)
+    else:
+        script_location = scaffold.find_script_directory(app_folder)
+    click.echo(f"script directory: {script_location}")
+    environments = [scaffold.parse_environment(pair) for pair in pairs] or _ask_environments()
+    project = scaffold.write_environments_file(
+        output=output,
+        project=project_name or app_folder.name,
+        script_location=script_location,
+        environments=environments,
+    )
+    click.echo(f"wrote {output}: {', '.join(project.names)}")
+    for environment in project.environments:
+        if environment.url is None:
+            click.echo(f"  {environment.name}: {environment.not_configured_reason} (yet)")
+        elif environment.url.password:
+            click.echo(
+                f"  {environment.name}: its URL holds a password, now in {output.name}: prefer "
+                f"url: ${{{environment.name.upper().replace('-', '_').replace('.', '_')}"
+                "_DATABASE_URL}, set in the dashboard's environment"
+            )
+        elif environment.dialect == "sqlite" and not Path(environment.url.database or "").exists():
+            click.echo(
+                f"  {environment.name}: {environment.url.database} does not exist yet "
+                "(the dashboard migrates databases, it does not create them)"
+            )
+    _print_next_commands(output)
+
+
+def _ask_environments() -> list[scaffold.NewEnvironment]:
+    """Ask for environments in promotion order until an empty name."""
+    click.echo("Environments in promotion order (dev first); an empty name ends the list.")
+    environments: list[scaffold.NewEnvironment] = []
+    while True:
+        name = click.prompt("Environment name", default="", show_default=False).strip()
+        if not name:
+            if environments:
+                return environments
+            click.echo("At least one environment is needed.")
+            continue
+        try:
+            scaffold.check_name(name)
+            url = click.prompt(f"Database URL of {name} (or ${{VARIABLE}})").strip()
+            environments.append(scaffold.new_environment(name, url))
+        except ConfigurationError as error:
+            click.echo(f"Not taken: {error}")
+
+
+def _print_next_commands(environments_file: Path) -> None:
+    """Print the commands that set up this project's store and serve it, as run from here."""
+    flask = Path(sys.executable).with_name("flask")
+    if flask.is_relative_to(Path.cwd()):
+        flask = flask.relative_to(Path.cwd())
+    store_url = os.environ.get("DASHBOARD_DATABASE_URL")
+    if store_url:
+        shown = make_url(store_url).render_as_string(hide_password=True)
+        store = f"{shown} (DASHBOARD_DATABASE_URL)"
+    else:
+        store = make_url(config.default_store_files(environments_file)[0]).database
+    click.echo(f"Its dashboard store: {store}.")
+    click.echo(f"Next, in {shlex.quote(str(Path.cwd()))}:")
+    for line in (
+        f"export ENVIRONMENTS_FILE={shlex.quote(str(environments_file))}",
+        f"{flask} db upgrade                                  # creates the store",
+        f"{flask} dashboard create-user admin --role admin    # asks for a password",
+        f"{flask} run",
+    ):
+        click.echo(f"  {line}")

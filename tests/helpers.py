@@ -747,3 +747,32 @@ def sign_in(page, base: str, username: str, password: str) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(base + "/")
+
+
+# --- Redis (the RQ executor, issue 16) -------------------------------------------------------
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis(url: str = TEST_REDIS_URL) -> str:
+    """The test Redis URL once it answers a PING; the test fails in CI, or is skipped elsewhere,
+    when it does not."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.exceptions.RedisError as error:
+        message = f"Redis at {url} is not available: {error}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return url
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key of one test's queues (RQ names its keys after the queue and job ids)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"*{prefix}*", count=1000):
+        client.delete(key)

@@ -13,6 +13,8 @@ import pytest
 from tests.helpers import IN_CI, DatabaseFactory
 
 REPO = Path(__file__).resolve().parent.parent
+# Both run the benchmark's own processes (the scale smoke: gunicorn, locust and built histories).
+pytestmark = pytest.mark.slow
 
 
 def test_quick_benchmark_writes_every_operation(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
@@ -37,6 +38,7 @@ def flask(
     )
 
 
+@pytest.mark.slow  # every command, each its own `flask` process, on each store backend
 def test_commands_on_a_store_without_tables_say_to_upgrade_it_first(
     database_url: URL, demo_environments: Path
 ):

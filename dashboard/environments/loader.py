@@ -26,6 +26,8 @@ PROJECT_KEYS = {
     "version_table",
     "version_table_schema",
     "python_path",
+    "alembic_ini",
+    "env",
 }
 ENVIRONMENT_KEYS = {
     "name",
@@ -40,12 +42,17 @@ ENVIRONMENT_KEYS = {
     "python_path",
     "lock_timeout",
     "statement_timeout",
+    "drift_check_minutes",
     "configure_args",
+    "alembic_ini",
+    "env",
+    "block_on",
 }
 # Options passed through to env.py's context.configure(), each true or false: the ones that
 # change how a run groups its statements into transactions.
 CONFIGURE_ARGS = {"transaction_per_migration", "transactional_ddl"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 VARIABLE_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -69,6 +76,13 @@ class Environment:
     statement_timeout: float | None = None
     # (name, value) pairs from `configure_args:`, given to context.configure() on every run.
     configure_args: tuple[tuple[str, bool], ...] = ()
+    # Minutes between scheduled drift checks (run by the status refresher's lease holder).
+    drift_check_minutes: int | None = None
+    # A plan with a finding this severe ("error" or "warning") needs an admin's override.
+    block_on: str | None = None
+    # `alembic_ini:` (the ini env.py gets) and `env:` (variables set for env.py; see spec.py).
+    alembic_ini: Path | None = None
+    env_variables: tuple[tuple[str, str], ...] = ()
 
     @property
     def configure_options(self) -> dict[str, bool]:
@@ -111,6 +125,7 @@ class Project:
     script_location: Path
     environments: tuple[Environment, ...]
     python_path: tuple[Path, ...] = field(default=())
+    alembic_ini: Path | None = None  # the project's `alembic_ini:` (the revision graph's)
 
     def get(self, name: str) -> Environment | None:
         """Return the environment called `name`, or None."""
@@ -140,6 +155,8 @@ class Project:
             configure_args=environment.configure_args,
             lock_timeout=environment.lock_timeout,
             statement_timeout=environment.statement_timeout,
+            alembic_ini=environment.alembic_ini,
+            env_variables=environment.env_variables,
         )
 
 
@@ -291,6 +308,8 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
         version_table=top.text("version_table") or "alembic_version",
         version_table_schema=top.text("version_table_schema"),
         python_path=top.folders("python_path"),
+        alembic_ini=_read_alembic_ini(top),
+        env_variables=_read_env(top),
     )
     environments, after_nodes = _read_environments(
         reader, top.node("environments"), defaults, os.environ if environ is None else environ
@@ -301,6 +320,7 @@ def load_project(path: str | os.PathLike[str], environ: Mapping[str, str] | None
         script_location=script_location,
         environments=tuple(_promotion_order(reader, environments, after_nodes)),
         python_path=defaults.python_path,
+        alembic_ini=defaults.alembic_ini,
     )
 
 
@@ -311,6 +331,8 @@ class _Defaults:
     version_table: str
     version_table_schema: str | None
     python_path: tuple[Path, ...]
+    alembic_ini: Path | None = None
+    env_variables: tuple[tuple[str, str], ...] = ()
 
 
 def _compose(source: Path) -> yaml.Node:
@@ -318,8 +340,14 @@ def _compose(source: Path) -> yaml.Node:
     try:
         text = source.read_text(encoding="utf-8")
     except OSError as error:
+        hint = ""
+        if isinstance(error, FileNotFoundError):
+            hint = (
+                f"; `flask dashboard init APP_FOLDER --output {source}` writes one for your app "
+                "(run it with ENVIRONMENTS_FILE unset)"
+            )
         raise ConfigurationError(
-            f"cannot read the environments file {source}: {error.strerror}"
+            f"cannot read the environments file {source}: {error.strerror}{hint}"
         ) from error
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -391,6 +419,9 @@ def _read_environment(
 ) -> Environment:
     """Build one Environment from its checked keys (keyword order is the order of messages)."""
     url, reason = _read_url(entries, "url", environ)
+    env_variables, unset = _environment_env(entries, defaults, environ)
+    if url is not None and unset:
+        url, reason = None, unset
     shadow_url = _read_url(entries, "shadow_url", environ)[0] if "shadow_url" in entries else None
     after = str(entries.scalar("after", (str, int), "a name")) if "after" in entries else None
     protected, approvals = _read_approvals(entries)
@@ -409,7 +440,60 @@ def _read_environment(
         lock_timeout=_read_seconds(entries, "lock_timeout"),
         statement_timeout=_read_seconds(entries, "statement_timeout"),
         configure_args=_read_configure_args(entries),
+        drift_check_minutes=_read_minutes(entries, "drift_check_minutes"),
+        block_on=_read_block_on(entries),
+        alembic_ini=_read_alembic_ini(entries) or defaults.alembic_ini,
+        env_variables=env_variables,
     )
+
+
+def _read_alembic_ini(entries: _Entries) -> Path | None:
+    """Return the `alembic_ini:` file (relative to environments.yaml), which must exist."""
+    if "alembic_ini" not in entries:
+        return None
+    path = (entries.reader.path.parent / entries.text("alembic_ini")).resolve()
+    if not path.is_file():
+        raise entries.fail("alembic_ini", f"{path} does not exist")
+    return path
+
+
+def _read_env(entries: _Entries) -> tuple[tuple[str, str], ...]:
+    """Return the `env:` variables as (name, unexpanded value) pairs."""
+    if "env" not in entries:
+        return ()
+    node, where = entries.node("env"), entries.key("env")
+    if not isinstance(node, yaml.MappingNode):
+        raise entries.reader.fail(node, where, "expected a mapping of variable names to values")
+    variables: dict[str, str] = {}
+    for key_node, value_node in node.value:
+        name = entries.reader.constructor.construct_object(key_node)
+        if not isinstance(name, str) or not ENV_NAME_PATTERN.match(name):
+            raise entries.reader.fail(
+                key_node, f"{where}.{name}", "a variable name is letters, digits and '_'"
+            )
+        if name in variables:
+            raise entries.reader.fail(key_node, f"{where}.{name}", "the key appears twice")
+        value = entries.reader.scalar(value_node, f"{where}.{name}", (str, int, float), "text")
+        variables[name] = str(value)
+    return tuple(variables.items())
+
+
+def _environment_env(
+    entries: _Entries, defaults: _Defaults, environ: Mapping[str, str]
+) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """Return the project's `env:` overlaid with the environment's, and why it cannot be used
+    when a ${VAR} it names is not set (`${url}` always is)."""
+    merged = {**dict(defaults.env_variables), **dict(_read_env(entries))}
+    named = {
+        match.group(1)
+        for value in merged.values()
+        for match in VARIABLE_PATTERN.finditer(value)
+        if match.group(2) is None
+    }
+    unset = sorted(name for name in named - {"url"} if not environ.get(name))
+    plural = "s" if len(unset) > 1 else ""
+    reason = f"environment variable{plural} {', '.join(unset)} not set (env:)" if unset else None
+    return tuple(sorted(merged.items())), reason
 
 
 def _read_approvals(entries: _Entries) -> tuple[bool, int]:
@@ -423,6 +507,26 @@ def _read_approvals(entries: _Entries) -> tuple[bool, int]:
     if protected and approvals < 1:
         raise entries.fail("approvals", "a protected environment needs at least 1 approval")
     return protected, approvals
+
+
+def _read_block_on(entries: _Entries) -> str | None:
+    """Return the severity that blocks a plan ("error" or "warning"), or None."""
+    if "block_on" not in entries:
+        return None
+    value = entries.scalar("block_on", str, "error or warning")
+    if value not in ("error", "warning"):
+        raise entries.fail("block_on", f"expected error or warning, not {value!r}")
+    return value
+
+
+def _read_minutes(entries: _Entries, key: str) -> int | None:
+    """Return a whole number of minutes (at least 1), or None when it is not set."""
+    if key not in entries:
+        return None
+    value = entries.scalar(key, int, "a whole number of minutes (at least 1)")
+    if value < 1:
+        raise entries.fail(key, f"expected a whole number of minutes (at least 1), not {value}")
+    return value
 
 
 def _read_seconds(entries: _Entries, key: str) -> float | None:

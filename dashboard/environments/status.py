@@ -237,7 +237,9 @@ class StatusBoard:
         self.timeout = timeout
         self.period = period
         self._graph_loader = graph_loader or (
-            lambda: alembic_adapter.load_graph(project.script_location, project.python_path)
+            lambda: alembic_adapter.load_graph(
+                project.script_location, project.python_path, project.alembic_ini
+            )
         )
         self._lock = threading.Lock()
         self._refreshed = threading.Condition(self._lock)
