@@ -17,19 +17,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import redis
 from flask import Flask, current_app
-from rq import Queue
-from rq.command import send_stop_job_command
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job as RQJob
-from rq.job import JobStatus as RQJobStatus
 
 from dashboard.errors import ConfigurationError, DashboardError
 from dashboard.logs import bind_request_id, current_request_id
 from dashboard.redact import redact
+
+if TYPE_CHECKING:
+    from rq import Queue
+
+# rq and redis are imported where the RQ executor uses them: every other process (the demo, a
+# `flask dashboard status`) would pay a fifth of a second for them.
 
 logger = logging.getLogger(__name__)
 EXECUTOR = "dashboard.executor"
@@ -135,6 +135,9 @@ class RQExecutor:
         self.run_task = run_task
         self.redis_url = redis_url
         self.queue_prefix = queue_prefix
+        import redis
+        from rq import Queue
+
         # Short timeouts: a web request that enqueues must not hang on a dead Redis.
         self.redis = redis.Redis.from_url(
             redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30
@@ -160,6 +163,8 @@ class RQExecutor:
         self._enqueue(self.tasks_queue, TASK, task_id)
 
     def _enqueue(self, queue: Queue, kind: str, record_id: int) -> None:
+        import redis
+
         try:
             queue.enqueue_call(
                 perform,
@@ -186,6 +191,12 @@ class RQExecutor:
         horse stopped by RQ's stop command takes its runner with it (the runner dies with its
         supervisor), and the runner's session lock in the target database ends with it.
         """
+        import redis
+        from rq.command import send_stop_job_command
+        from rq.exceptions import InvalidJobOperation, NoSuchJobError
+        from rq.job import Job as RQJob
+        from rq.job import JobStatus as RQJobStatus
+
         try:
             rq_job = RQJob.fetch(self.rq_job_id(JOB, job_id), connection=self.redis)
             status = rq_job.get_status(refresh=True)
@@ -203,6 +214,8 @@ class RQExecutor:
 
     def problems(self) -> dict[str, str | None]:
         """Why the job queue cannot take work, by name ('redis'); None for each that can."""
+        import redis
+
         try:
             self.redis.ping()
         except redis.exceptions.RedisError as error:

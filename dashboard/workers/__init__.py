@@ -16,13 +16,12 @@ import os
 import signal
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 import click
 import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import with_appcontext
-from rq import Queue, Worker
-from rq.job import Job as RQJob
 
 from dashboard import scheduler
 from dashboard.cli import dashboard_cli
@@ -34,31 +33,42 @@ from dashboard.jobs.executor import RQExecutor, get_executor
 from dashboard.processes import die_with_parent
 from dashboard.scheduler import service as leases
 
+if TYPE_CHECKING:
+    from rq import Queue
+    from rq.job import Job as RQJob
+
 logger = logging.getLogger(__name__)
 
 
-class DashboardWorker(Worker):
-    """An RQ worker whose work horses run in a fresh app context of the worker's app."""
+def _dashboard_worker_class() -> type:
+    """RQ's Worker whose work horses run in a fresh app context of the worker's app (built
+    here: only a worker imports rq)."""
+    from rq import Worker
 
-    app: Flask
+    class DashboardWorker(Worker):
+        """An RQ worker whose work horses run in a fresh app context of the worker's app."""
 
-    def main_work_horse(self, job: RQJob, queue: Queue) -> None:
-        die_with_parent()
-        with self.app.app_context():
-            # Forget (without closing) the store connections inherited from the worker.
-            for engine in db.engines.values():
-                engine.dispose(close=False)
-            super().main_work_horse(job, queue)  # ends the process (os._exit)
+        app: Flask
 
-    def perform_job(self, job: RQJob, queue: Queue, execution) -> bool:  # type: ignore[override]
-        performed = super().perform_job(job, queue, execution)
-        # A job moved an environment: ask the refresher, wherever it runs, to read it now.
-        try:
-            leases.request_run(name=scheduler.STATUS_LEASE)
-        except sa.exc.SQLAlchemyError as error:  # the next periodic read shows it anyway
-            db.session.rollback()
-            logger.warning("could not ask the refresher for an early read: %s", error)
-        return performed
+        def main_work_horse(self, job: RQJob, queue: Queue) -> None:
+            die_with_parent()
+            with self.app.app_context():
+                # Forget (without closing) the store connections inherited from the worker.
+                for engine in db.engines.values():
+                    engine.dispose(close=False)
+                super().main_work_horse(job, queue)  # ends the process (os._exit)
+
+        def perform_job(self, job: RQJob, queue: Queue, execution) -> bool:  # type: ignore[override]
+            performed = super().perform_job(job, queue, execution)
+            # A job moved an environment: ask the refresher, wherever it runs, to read it now.
+            try:
+                leases.request_run(name=scheduler.STATUS_LEASE)
+            except sa.exc.SQLAlchemyError as error:  # the next periodic read shows it anyway
+                db.session.rollback()
+                logger.warning("could not ask the refresher for an early read: %s", error)
+            return performed
+
+    return DashboardWorker
 
 
 @click.command("worker")
@@ -97,7 +107,7 @@ def worker_command(queues: tuple[str, ...], burst: bool, no_refresher: bool, nam
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
     refresher = None if no_refresher else _start_refresher(app)
-    worker = DashboardWorker(
+    worker = _dashboard_worker_class()(
         chosen,
         connection=executor.redis,
         name=name or f"{socket.gethostname()}.{os.getpid()}",
