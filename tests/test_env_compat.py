@@ -255,8 +255,12 @@ def test_a_malformed_env_names_line_and_key(tmp_path: Path, env, line, key, prob
     )
 
 
-def test_history_reads_the_script_directory_as_the_alembic_ini_describes_it(tmp_path: Path):
-    deploy = plain_project(tmp_path / "proj", make_url("sqlite:///dev.db"), OPTIONS)
+def test_history_plans_and_jobs_read_the_script_directory_as_the_alembic_ini_describes_it(
+    tmp_path: Path,
+):
+    url = make_url(f"sqlite:///{tmp_path / 'dev.db'}")
+    (tmp_path / "dev.db").touch()  # an empty database: the plan reads its (absent) revision
+    deploy = plain_project(tmp_path / "proj", url, OPTIONS)
     more = tmp_path / "proj" / "db" / "more_versions"
     more.mkdir()
     (more / "9f8e7d6c5b4a_second.py").write_text(
@@ -273,6 +277,19 @@ def test_history_reads_the_script_directory_as_the_alembic_ini_describes_it(tmp_
         )
     )
     app = make_app(deploy)
+    upgrade_store(app)
     with app.app_context():
         graph = get_board().graph()
+        plan = build_plan(
+            project=get_project(),
+            environment=environment_named("dev"),
+            direction="upgrade",
+            target="head",
+        )
     assert [revision.id for revision in graph.revisions] == ["9f8e7d6c5b4a", "0a1b2c3d4e5f"]
+    # The plan and the job see the second folder's revision too, as the history does.
+    assert plan.revision_ids == ["0a1b2c3d4e5f", "9f8e7d6c5b4a"]
+    assert "CREATE TABLE gadget" in plan.sql
+    finished = run_job_to_the_end(app, "dev")
+    assert finished.state == "succeeded", finished.error
+    assert versions(url) == ["9f8e7d6c5b4a"]

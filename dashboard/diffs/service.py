@@ -138,7 +138,9 @@ def steps_schema_diff(
     progress: Progress | None = None,
 ) -> SchemaDiff:
     """Compare the schema before these steps with the schema after them."""
-    graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
+    graph = alembic_adapter.load_graph(
+        project.script_location, environment.python_path, environment.alembic_ini
+    )
     return schema_diff(
         project=project,
         environment=environment,
@@ -179,7 +181,9 @@ def revision_plan(
     render: bool = True,
 ) -> Plan:
     """Plan the way from one revision to another on `environment`'s dialect (upgrade or down)."""
-    graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
+    graph = alembic_adapter.load_graph(
+        project.script_location, environment.python_path, environment.alembic_ini
+    )
     start, end = (
         alembic_adapter.resolve_revisions(project.database(environment), text)
         for text in (from_revision, to_revision)

@@ -319,7 +319,9 @@ def _make_plan(
         outputs = [(output.sql, output.unrenderable_reason) for output in rendered]
     else:
         outputs = [(None, None)] * len(resolved.revision_ids)
-    graph = alembic_adapter.load_graph(script_location, environment.python_path)
+    graph = alembic_adapter.load_graph(
+        script_location, environment.python_path, environment.alembic_ini
+    )
     steps = []
     for revision_id, heads_before, (sql, unrenderable_reason) in zip(
         resolved.revision_ids, resolved.heads_before, outputs, strict=True

@@ -281,7 +281,9 @@ def promotion_gate(*, environment: Environment, target_revisions: Iterable[str])
             f"Promotion gate: {environment.name} comes after {previous.name}, which cannot be "
             f"read ({error}), so it cannot show that {wanted} was applied there first."
         )
-    graph = alembic_adapter.load_graph(project.script_location, previous.python_path)
+    graph = alembic_adapter.load_graph(
+        project.script_location, previous.python_path, previous.alembic_ini
+    )
     applied = graph.ancestors(current)
     missing = [revision for revision in targets if revision not in applied]
     if missing:

@@ -548,7 +548,9 @@ def build_steps(
 ) -> int:
     """Count the steps a scratch database runs to reach `revision` from empty."""
     database = project.database(environment)
-    graph = alembic_adapter.load_graph(database.script_location, database.python_path)
+    graph = alembic_adapter.load_graph(
+        database.script_location, database.python_path, database.alembic_ini
+    )
     try:
         targets = alembic_adapter.revision_ids(database, _targets(revision))
     except DashboardError as error:
@@ -628,7 +630,9 @@ def diff_revisions(
     different branches get a scratch database each.
     """
     database = project.database(environment)
-    graph = alembic_adapter.load_graph(database.script_location, database.python_path)
+    graph = alembic_adapter.load_graph(
+        database.script_location, database.python_path, database.alembic_ini
+    )
     try:
         ends = [
             alembic_adapter.revision_ids(database, _targets(revision))
@@ -680,7 +684,9 @@ def drift(
     revisions: tuple[str, ...] = ()
     try:
         revisions = alembic_adapter.read_current_revisions(project.database(environment))
-        graph = alembic_adapter.load_graph(project.script_location, environment.python_path)
+        graph = alembic_adapter.load_graph(
+            project.script_location, environment.python_path, environment.alembic_ini
+        )
         unknown = [revision for revision in revisions if revision not in graph]
         if unknown:
             return report(

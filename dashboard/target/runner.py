@@ -206,7 +206,9 @@ def upgrade_in_chunks(
     ends of a diff). Return how many steps ran; raise MigrationFailed saying where it failed.
     """
     try:
-        graph = alembic_adapter.load_graph(database.script_location, database.python_path)
+        graph = alembic_adapter.load_graph(
+            database.script_location, database.python_path, database.alembic_ini
+        )
         wanted = alembic_adapter.revision_ids(database, targets)
         current = alembic_adapter.read_current_revisions(database)
         chunks = alembic_adapter.upgrade_chunks(
