@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from werkzeug.serving import make_server
 
@@ -37,7 +38,7 @@ from tests.helpers import (
     upgrade_store,
     write_demo_environments,
 )
-from tests.servers import Server, start_gunicorn, stop_group, wait_until_serving
+from tests.servers import Server, private_postgresql, start_gunicorn, stop_group, wait_until_serving
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -419,3 +420,15 @@ def page(browser):
     context, tab = open_tab(browser)
     yield tab
     context.close()
+
+
+@pytest.fixture
+def private_pg_database() -> Iterator[URL]:
+    """A database on a PostgreSQL server of the test's own (stock settings), for a test that
+    exhausts what the whole server shares."""
+    with private_postgresql() as server:
+        engine = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with engine.connect() as connection:
+            connection.execute(sa.text("CREATE DATABASE target"))
+        engine.dispose()
+        yield server.set(database="target")

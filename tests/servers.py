@@ -8,10 +8,12 @@ import html
 import http.cookiejar
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 REPO = Path(__file__).resolve().parent.parent
 # The venv's bin folder; not resolved, since the interpreter there is usually a symlink.
@@ -313,3 +315,48 @@ def store_refusing(store: URL) -> Iterator[None]:
         with admin.connect() as connection:
             connection.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
         admin.dispose()
+
+
+@contextmanager
+def private_postgresql() -> Iterator[URL]:
+    """A PostgreSQL server of one's own (stock settings, a throwaway cluster on a free port), for
+    a test that exhausts something the whole server shares (its lock table): on the shared
+    server, every other test running meanwhile would get "out of shared memory"."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not binaries or os.geteuid() != 0 or shutil.which("runuser") is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("a private PostgreSQL server needs the server's binaries and root")
+        pytest.skip("a private PostgreSQL server needs the server's binaries and root")
+    bindir = binaries[-1].parent
+    folder = Path(tempfile.mkdtemp(prefix="dashboard-pg-", dir="/tmp"))
+    shutil.chown(folder, "postgres", "postgres")
+    data, port = folder / "data", free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+         "--no-sync"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        [*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+         "-k", str(folder), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(
+            ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(port)], check=False
+        ).returncode:
+            assert server.poll() is None, "the private PostgreSQL server did not start"
+            assert time.monotonic() < deadline, "the private PostgreSQL server never answered"
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(folder, ignore_errors=True)

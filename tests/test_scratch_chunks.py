@@ -323,10 +323,12 @@ def lock_hungry_history(tree: ScriptTree, count: int) -> None:
 
 @pytest.mark.slow
 def test_a_long_history_exhausts_the_lock_table_in_one_go_and_builds_in_chunks(
-    script_tree, pg_databases, tmp_path
+    script_tree, tmp_path, private_pg_database
 ):
+    # On a server of its own: exhausting the shared server's lock table would fail every other
+    # test that touches PostgreSQL meanwhile ("out of shared memory").
     lock_hungry_history(script_tree, LOCK_HUNGRY_TABLES)
-    project, environment = project_on(tmp_path / "cfg", script_tree, pg_databases.create())
+    project, environment = project_on(tmp_path / "cfg", script_tree, private_pg_database)
     head = f"h{LOCK_HUNGRY_TABLES - 1:04d}"
 
     with (
