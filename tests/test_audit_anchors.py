@@ -116,9 +116,7 @@ def test_a_rewritten_event_differs_from_its_anchor(anchored_app):
 def test_a_broken_anchor_file_is_named_with_its_line(anchored_app, tmp_path):
     record(anchored_app, 2)
     broken = tmp_path / "broken.log"
-    broken.write_text(
-        Path(anchored_app.config["AUDIT_ANCHOR_FILE"]).read_text() + "not-a-head\n"
-    )
+    broken.write_text(Path(anchored_app.config["AUDIT_ANCHOR_FILE"]).read_text() + "not-a-head\n")
 
     result = anchored_app.test_cli_runner().invoke(
         args=["dashboard", "audit", "verify", "--anchors", str(broken)]
@@ -129,6 +127,7 @@ def test_a_broken_anchor_file_is_named_with_its_line(anchored_app, tmp_path):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow  # the image's entry script and gunicorn
 def test_the_image_logs_and_anchors_every_head(tmp_path):
     """The production settings the image runs with: heads on stderr and in the anchor file."""
     store = tmp_path / "store.db"

@@ -18,6 +18,9 @@ from tests.helpers import drop_redis_keys, require_redis
 from tests.servers import REPO, START_TIMEOUT, free_port, stop_group
 from tests.test_entrypoint import ENTRYPOINT, entrypoint_env, get_health, wait_until_answering
 
+# Each test starts the image's web or worker container processes (gunicorn, RQ).
+pytestmark = pytest.mark.slow
+
 HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 COMPOSE = REPO / "docs" / "deploy" / "compose.yaml"
 

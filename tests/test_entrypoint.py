@@ -31,6 +31,9 @@ from tests.servers import (
     wait_until_answering,
 )
 
+# Each test starts the image's entry script: the store's upgrade, then gunicorn.
+pytestmark = pytest.mark.slow
+
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 DOCKERFILE = REPO / "Dockerfile"
 

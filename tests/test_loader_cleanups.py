@@ -222,6 +222,7 @@ BAD_FILES = {
 ENTRIES = (["--help"], [], ["dashboard", "--help"], ["db", "upgrade"], ["dashboard", "status"])
 
 
+@pytest.mark.slow  # six flask processes per bad file
 @pytest.mark.parametrize("kind", BAD_FILES)
 def test_a_bad_environments_file_is_its_message_from_every_flask_entry(folder, kind):
     text, where = BAD_FILES[kind]

@@ -202,6 +202,19 @@ class _Zygote:
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._control: socket.socket | None = None
+        self._owner = os.getpid()
+        self._stop_registered = False
+
+    def stop(self) -> None:
+        """At exit: hang up, so the zygote ends (taking any child still running along)."""
+        if os.getpid() != self._owner:
+            return  # a forked copy of the process that started it: not ours to stop
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.close()
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                self._process.wait(timeout=5)
 
     def ensure_started(self) -> socket.socket:
         with self._lock:
@@ -234,6 +247,9 @@ class _Zygote:
         )
         theirs.close()
         self._control = ours
+        if not self._stop_registered:
+            atexit.register(self.stop)
+            self._stop_registered = True
 
     def start(self, entry: str, payload: str, *, env: dict[str, str], merge_stderr: bool) -> Child:
         request = json.dumps(
