@@ -776,3 +776,22 @@ def drop_redis_keys(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     for key in client.scan_iter(f"*{prefix}*", count=1000):
         client.delete(key)
+
+
+def alice_upgrades_staging(app) -> tuple[object, int]:
+    """In the demo, the operator alice upgrades staging to head by a job; (alice, the job's id).
+    Call inside an app context."""
+    from dashboard.jobs import service as jobs
+    from dashboard.users import service as users
+
+    alice = users.create_user(username="alice", password=TEST_PASSWORD, role="operator", actor=None)
+    job = jobs.request_job(
+        environment_name="staging",
+        operation="upgrade",
+        target="head",
+        actor=alice,
+        expected_fingerprint=fingerprint_of("staging"),
+        submit=False,
+    )
+    assert jobs.run_job(job_id=job.id).state == "succeeded"
+    return alice, job.id

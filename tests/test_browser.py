@@ -115,7 +115,7 @@ def test_admin_creates_a_user_who_can_then_sign_in(page, browser, live_server, d
     page.get_by_role("link", name="Audit").click()
     page.wait_for_url("**/audit")
     assert "user.created" in page.locator("main").inner_text()
-    page.screenshot(path=str(DOCS / "audit.png"), full_page=True)
+    page.screenshot(path=str(DOCS / "audit-user-created.png"), full_page=True)
 
     other = browser.new_context()
     try:

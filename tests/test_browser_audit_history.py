@@ -10,10 +10,14 @@ import pytest
 from playwright.sync_api import expect
 
 from dashboard.extensions import db
-from dashboard.jobs import service as jobs
 from dashboard.rollouts import service as rollouts
 from dashboard.users import service as users
-from tests.helpers import DOCS, TEST_PASSWORD, fingerprint_of, open_tab, sign_in
+from tests.helpers import (
+    DOCS,
+    alice_upgrades_staging,
+    open_tab,
+    sign_in,
+)
 
 PHONE = {"width": 390, "height": 844}
 # A reviewer's comment with a long unbroken run, as pasted links are.
@@ -30,19 +34,7 @@ def audit_history(demo_app):
     """Alice (an operator) upgrades staging with a job and requests a production rollout with a
     long reason; the approver approves it with a long comment. Returns ids and the fingerprint."""
     with demo_app.app_context():
-        alice = users.create_user(
-            username="alice", password=TEST_PASSWORD, role="operator", actor=None
-        )
-        job = jobs.request_job(
-            environment_name="staging",
-            operation="upgrade",
-            target="head",
-            actor=alice,
-            expected_fingerprint=fingerprint_of("staging"),
-            submit=False,
-        )
-        job_id = job.id
-        assert jobs.run_job(job_id=job_id).state == "succeeded"
+        alice, job_id = alice_upgrades_staging(demo_app)
         rollout = rollouts.request_rollout(
             environment_name="production",
             target="head",

@@ -158,21 +158,9 @@ def test_a_failed_rehearsal_is_shown_beside_its_step_and_at_approve(
 ):
     script_tree.add_table("a1", None, "things")
     script_tree.add("b2", "a1", "touch a missing table", upgrade=FAILING)
-    app = app_for_tree(
-        tmp_path / "site",
-        script_tree,
-        {"prod": "sqlite:///prod.db"},
-        store=store_database,
-        ENV_EXTRA={"prod": {"protected": True, "approvals": 1}},
-        ROLLOUT_REHEARSALS=True,
+    app, approver, rollout_id, outcome = requested_with_rehearsal(
+        tmp_path, script_tree, "sqlite:///prod.db", store_database
     )
-    add_user(app, "ops", "operator")
-    add_user(app, "boss", "approver")
-    operator, approver = app.test_client(), app.test_client()
-    Auth(operator).login("ops")
-    Auth(approver).login("boss")
-    rollout_id = request(operator, "prod")
-    outcome = stored_rehearsal(app, rollout_id)
     assert outcome["status"] == "failed"
 
     page = approver.get(f"/rollouts/{rollout_id}").get_data(as_text=True)
@@ -210,21 +198,9 @@ def test_without_a_shadow_url_or_create_database_the_rollout_says_not_rehearsed_
     script_tree, tmp_path, store_database, no_createdb_role
 ):
     script_tree.add_table("a1", None, "things")
-    app = app_for_tree(
-        tmp_path / "site",
-        script_tree,
-        {"prod": no_createdb_role},
-        store=store_database,
-        ENV_EXTRA={"prod": {"protected": True, "approvals": 1}},
-        ROLLOUT_REHEARSALS=True,
+    app, approver, rollout_id, outcome = requested_with_rehearsal(
+        tmp_path, script_tree, no_createdb_role, store_database
     )
-    add_user(app, "ops", "operator")
-    add_user(app, "boss", "approver")
-    operator, approver = app.test_client(), app.test_client()
-    Auth(operator).login("ops")
-    Auth(approver).login("boss")
-    rollout_id = request(operator, "prod")
-    outcome = stored_rehearsal(app, rollout_id)
     assert outcome["status"] == "unavailable"
 
     page = approver.get(f"/rollouts/{rollout_id}").get_data(as_text=True)
@@ -242,3 +218,23 @@ def test_without_a_shadow_url_or_create_database_the_rollout_says_not_rehearsed_
     assert approved["rehearsal"] == "not rehearsed"
     (rehearsed,) = audit_events(app, "rollout.rehearsed")
     assert rehearsed["outcome"] == "not rehearsed" and "scratch database" in rehearsed["reason"]
+
+
+def requested_with_rehearsal(tmp_path, script_tree, url, store_database):
+    """A protected prod on `url` (one approval), its rollout requested by ops and rehearsed;
+    (the app, boss's signed-in client, the rollout's id, the stored rehearsal)."""
+    app = app_for_tree(
+        tmp_path / "site",
+        script_tree,
+        {"prod": url},
+        store=store_database,
+        ENV_EXTRA={"prod": {"protected": True, "approvals": 1}},
+        ROLLOUT_REHEARSALS=True,
+    )
+    add_user(app, "ops", "operator")
+    add_user(app, "boss", "approver")
+    operator, approver = app.test_client(), app.test_client()
+    Auth(operator).login("ops")
+    Auth(approver).login("boss")
+    rollout_id = request(operator, "prod")
+    return app, approver, rollout_id, stored_rehearsal(app, rollout_id)

@@ -13,11 +13,10 @@ from dashboard.audit.models import AuditEvent
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
 from dashboard.target.runner import describe_statement
-from dashboard.users import service as users
 from tests.helpers import (
-    TEST_PASSWORD,
     Auth,
     DatabaseFactory,
+    alice_upgrades_staging,
     app_for_tree,
     fingerprint_of,
     queue_job,
@@ -180,19 +179,7 @@ def test_history_prints_branch_labels(tmp_path, script_tree):
 
 def test_background_job_events_name_the_person_they_ran_for(demo_app, clients):
     with demo_app.app_context():
-        alice = users.create_user(
-            username="alice", password=TEST_PASSWORD, role="operator", actor=None
-        )
-        job = jobs.request_job(
-            environment_name="staging",
-            operation="upgrade",
-            target="head",
-            actor=alice,
-            expected_fingerprint=fingerprint_of("staging"),
-            submit=False,
-        )
-        job_id = job.id
-        assert jobs.run_job(job_id=job_id).state == "succeeded"
+        alice, job_id = alice_upgrades_staging(demo_app)
         stored = {
             event.action: event
             for event in db.session.scalars(
