@@ -288,6 +288,10 @@ def child_environment(folder: Path, url: URL, dashboard: bool) -> dict[str, str]
     }
     # The repository's .flaskenv (FLASK_APP=dashboard) must not leak into the baseline.
     env["FLASK_SKIP_DOTENV"] = "1"
+    # Both sides read compiled bytecode, as an installed package and a warm checkout do: with
+    # PYTHONDONTWRITEBYTECODE set (containers, CI images) nothing the warm-up imports is cached,
+    # and every timed command would compile the revision scripts and the dashboard's modules.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env[URL_VARIABLE] = url.render_as_string(hide_password=False)
     if dashboard:
         env["FLASK_APP"] = "dashboard:create_app"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,11 @@ from flask import Flask
 
 from dashboard.cli_errors import reports_startup_errors
 from dashboard.errors import ConfigurationError
+from dashboard.target import launcher
 
 STORE_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+# `flask dashboard <one of these> …` starts a runner or renderer child once the app is built.
+_COMMANDS_WITH_CHILDREN = frozenset({"upgrade", "downgrade", "stamp", "diff", "drift"})
 
 
 @reports_startup_errors  # under `flask …`, a bad environments.yaml is one line, no traceback
@@ -20,6 +24,10 @@ def create_app(
     config: str | type | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
+    if _cli_command_starts_a_child(sys.argv):
+        # The zygote's imports (~0.8 s) then overlap building the app and planning, instead of
+        # following them: a one-shot `flask dashboard upgrade` waits for both otherwise.
+        launcher.prestart()
     # Imported here, not at the top: the runner and renderer children import `dashboard.target`,
     # which loads this package, and must not pay for every blueprint and template on start.
     import config as config_module
@@ -94,6 +102,18 @@ def create_app(
     app.register_blueprint(rollouts_views.bp)
     app.register_blueprint(audit_views.bp)
     return app
+
+
+def _cli_command_starts_a_child(argv: list[str]) -> bool:
+    """Is this process `flask … dashboard upgrade|downgrade|stamp|diff|drift …`?
+
+    Click resolves the command only after the app is built, so the arguments are all there is;
+    a wrong guess costs (or saves) one early zygote start, nothing else.
+    """
+    if not argv or Path(argv[0]).name != "flask" or "dashboard" not in argv[1:]:
+        return False
+    after = argv[argv.index("dashboard", 1) + 1 :]
+    return bool(after) and after[0] in _COMMANDS_WITH_CHILDREN
 
 
 def _config_class(config: str | type | None, config_module: Any) -> type:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dashboard import _cli_command_starts_a_child
 from dashboard.target import launcher
 from dashboard.target.renderer import render_in_child
 from dashboard.target.runner import run_in_child
@@ -201,3 +202,20 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize(
+    ("argv", "early"),
+    [
+        (["/x/.venv/bin/flask", "dashboard", "upgrade", "prod"], True),
+        (["flask", "--app", "dashboard:create_app", "dashboard", "diff", "staging"], True),
+        (["flask", "dashboard", "drift"], True),
+        (["flask", "dashboard", "status", "--json"], False),
+        (["flask", "db", "upgrade"], False),
+        (["gunicorn", "dashboard:create_app()"], False),
+        (["flask", "dashboard"], False),
+    ],
+)
+def test_only_cli_commands_that_start_a_child_start_the_zygote_before_the_app(argv, early):
+    # A one-shot `flask dashboard upgrade` overlaps the zygote's imports with building the app.
+    assert _cli_command_starts_a_child(argv) is early

@@ -60,6 +60,8 @@ _PRELOAD = (
     "pymysql",
 )
 _LENGTH = struct.Struct("!I")
+# Not `-m dashboard.target.launcher`: the `dashboard` package imports this module first.
+_ZYGOTE_ENTRY = "from dashboard.target.launcher import zygote_main; zygote_main()"
 
 
 def start_mode() -> str:
@@ -239,7 +241,7 @@ class _Zygote:
         env["PYTHONUNBUFFERED"] = "1"
         env["DASHBOARD_ZYGOTE_FD"] = str(theirs.fileno())
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "dashboard.target.launcher"],
+            [sys.executable, "-c", _ZYGOTE_ENTRY],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -491,7 +493,7 @@ def _unbuffered(fd: int) -> io.TextIOWrapper:
 _ZYGOTE_CWD = os.getcwd()
 
 
-def _zygote_main() -> None:
+def zygote_main() -> None:
     # No PR_SET_PDEATHSIG here: it would follow the thread that started the zygote, which may
     # end long before its process. The control socket closes when the process goes.
     control = socket.socket(fileno=int(os.environ.pop("DASHBOARD_ZYGOTE_FD")))
@@ -499,4 +501,4 @@ def _zygote_main() -> None:
 
 
 if __name__ == "__main__":
-    _zygote_main()
+    zygote_main()
