@@ -107,3 +107,26 @@ def test_a_bad_rollout_lifetime_stops_start_up_naming_the_variable(demo_environm
             "testing",
             {"ENVIRONMENTS_FILE": str(demo_environments), "ROLLOUT_LIFETIME_HOURS": hours},
         )
+
+
+@pytest.mark.parametrize(
+    ("argv", "pages"),
+    [
+        (["/srv/.venv/bin/flask", "dashboard", "status", "--json"], False),
+        (["flask", "--app", "dashboard:create_app", "dashboard", "upgrade", "prod"], False),
+        (["flask", "dashboard", "worker"], True),
+        (["flask", "run"], True),
+        (["gunicorn", "dashboard:create_app()"], True),
+    ],
+)
+def test_a_one_shot_dashboard_command_builds_the_app_without_its_pages(
+    monkeypatch, demo_environments, argv, pages
+):
+    # `flask dashboard status` is timed against `flask db current`: it skips the web tier.
+    monkeypatch.setattr("sys.argv", argv)
+    app = create_app("testing", {"ENVIRONMENTS_FILE": str(demo_environments)})
+
+    assert ("auth.login" in app.view_functions) is pages
+    assert ("limiter" in app.extensions) is pages
+    assert ("csrf" in app.extensions) is pages
+    assert "dashboard" in app.cli.commands

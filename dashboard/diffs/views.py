@@ -28,9 +28,9 @@ from dashboard.auth import role_required
 from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
-from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
 from dashboard.plans.service import Plan, render_plan, render_steps
+from dashboard.ratelimits import expensive_work
 from dashboard.tasks import flows
 from dashboard.tasks import service as tasks
 from dashboard.users.models import Role

@@ -13,8 +13,8 @@ from flask_login import current_user
 from dashboard.auth import role_required
 from dashboard.environments import environment_or_404, get_project
 from dashboard.errors import DashboardError
-from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request
+from dashboard.ratelimits import expensive_work
 from dashboard.schema import compare_live
 from dashboard.tasks import flows as task_flows
 from dashboard.tasks.views import fragment as task_fragment

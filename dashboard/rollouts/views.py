@@ -12,9 +12,9 @@ from dashboard.diffs.views import SCHEMA_DIFF_NEEDS
 from dashboard.environments import environment_or_404, get_project
 from dashboard.error_pages import shows_errors_with
 from dashboard.errors import DashboardError
-from dashboard.extensions import expensive_work
 from dashboard.htmx import is_htmx_request, stop_polling
 from dashboard.plans.service import build_plan
+from dashboard.ratelimits import expensive_work
 from dashboard.rollouts import flows, policy
 from dashboard.rollouts import service as rollouts
 from dashboard.rollouts.evidence import evidence_of
