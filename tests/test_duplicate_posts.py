@@ -186,6 +186,16 @@ def test_identical_run_posts_over_two_servers_run_the_plan_once(site):
     assert all(job.state == "stale" for job in duplicates), describe(jobs, replies)
     # A stale job names the revision the database had moved to.
     assert all(HEAD in (job.error or "") for job in duplicates), describe(jobs, replies)
+    # Every other post was refused (why: a job runs, or the plan moved) or started a job that
+    # ended stale: none went unaccounted for, none was a no-op success.
+    assert len(refusals) + len(duplicates) == POSTS - 1, describe(jobs, replies)
+    job_ids = {job.id for job in jobs}
+    for reply in refusals:
+        reason = reply.refusal() or ""
+        running = re.search(r"dev already has .*job #(\d+)", reason)
+        assert (running and int(running[1]) in job_ids) or reason.startswith(
+            "The plan changed since it was shown"
+        ), reason
     assert versions(site.target) == [HEAD]
     verified = site.store_app.test_cli_runner().invoke(args=["dashboard", "audit", "verify"])
     assert verified.exit_code == 0, verified.output

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from dashboard.audit.models import AuditEvent
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
-from dashboard.jobs.models import Job
+from dashboard.jobs.models import Job, JobLogLine
 from dashboard.target.locks import lock_is_free
 from tests.helpers import (
     REPO,
@@ -62,6 +62,17 @@ def without_logging(env_py: Path) -> None:
     source = env_py.read_text()
     assert "fileConfig(config.config_file_name)" in source
     env_py.write_text(source.replace("fileConfig(config.config_file_name)", "pass"))
+
+
+def job_log(app, job_id: int) -> str:
+    """The log lines a job printed (not its statements), as its page shows them."""
+    with app.app_context():
+        lines = db.session.scalars(
+            sa.select(JobLogLine.text)
+            .where(JobLogLine.job_id == job_id, JobLogLine.kind == "log")
+            .order_by(JobLogLine.number)
+        )
+        return "\n".join(lines)
 
 
 # --- the lock is the migrating session ------------------------------------------------------
@@ -109,20 +120,35 @@ def test_a_job_completes_with_the_readme_lock_lines_and_migrates_on_the_lock_hol
         databases.drop_all()
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_a_plain_alembic_env_py_with_the_lock_lines_runs_under_the_dashboard(
-    tmp_path, plain_script_tree
+    backend, tmp_path, plain_script_tree
 ):
-    databases = DatabaseFactory("postgresql", tmp_path)
+    databases = DatabaseFactory(backend, tmp_path)
     try:
         url = databases.create()
         add_lock_lines(plain_script_tree.path / "env.py")
-        plain_script_tree.linear(2)
+        assert "engine_from_config(" in (plain_script_tree.path / "env.py").read_text()
+        plain_script_tree.add_table("r00", None, "t0")
+        plain_script_tree.add("r01", "r00", upgrade=f"op.execute({EVIDENCE[backend]!r})")
         app = app_for_tree(tmp_path / "site", plain_script_tree, {"dev": url}, **FAST)
 
+        started = time.monotonic()
         job = run_job_to_the_end(app)
 
         assert job.state == "succeeded", job.error
+        assert time.monotonic() - started < 20  # not a lock wait that timed out
         assert versions(url) == ["r01"]
+        # env.py built its own engine, yet it migrated on the session that holds the lock.
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as connection:
+            migrating, holder = connection.execute(
+                sa.text("SELECT migrating, holder FROM evidence")
+            ).one()
+        engine.dispose()
+        assert holder is not None and migrating == holder
+        assert lock_is_free(url=url, version_table="alembic_version", schema=None)
+        assert "releasing the migration lock" not in job_log(app, job.id)  # released, not lost
     finally:
         databases.drop_all()
 
@@ -139,13 +165,19 @@ Migrate(app, db, directory={directory!r})
 """
 
 
-def test_a_terminal_flask_db_upgrade_with_the_lines_waits_while_a_job_runs(tmp_path, script_tree):
-    databases = DatabaseFactory("postgresql", tmp_path)
+SLEEP_4 = {"postgresql": "SELECT pg_sleep(4)", "mariadb": "SELECT SLEEP(4)"}
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_a_terminal_flask_db_upgrade_with_the_lines_waits_while_a_job_runs(
+    backend, tmp_path, script_tree
+):
+    databases = DatabaseFactory(backend, tmp_path)
     try:
         url = databases.create()
         add_lock_lines(script_tree.path / "env.py")
         script_tree.add_table("r00", None, "t0")
-        script_tree.add("r01", "r00", upgrade="op.execute('SELECT pg_sleep(4)')")
+        script_tree.add("r01", "r00", upgrade=f"op.execute({SLEEP_4[backend]!r})")
         app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
         terminal = tmp_path / "terminal"
         terminal.mkdir()
@@ -219,6 +251,38 @@ def test_a_job_whose_database_moved_after_planning_ends_stale_and_runs_nothing(
             assert "job.stale" in events
         assert versions(url) == ["r01"]
         assert "t2" not in table_names(url)
+    finally:
+        databases.drop_all()
+
+
+def test_a_job_whose_scripts_changed_after_planning_ends_stale_and_runs_nothing(
+    tmp_path, script_tree
+):
+    databases = DatabaseFactory("postgresql", tmp_path)
+    try:
+        url = databases.create()
+        script_tree.linear(3)  # r00 → r01 → r02
+        app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
+        with app.app_context():
+            queued = queue_job()  # planned: r00, r01, r02, with that plan's fingerprint
+            assert queued.planned_revisions == ["r00", "r01", "r02"]
+            # A team reorders its history after the plan was reviewed: r02 now comes first.
+            script_tree.add_table("r02", None, "t2")
+            script_tree.add_table("r00", "r02", "t0")
+            job = jobs.run_job(job_id=queued.id)
+
+            assert job.state == "stale"
+            # The job still goes to the plan's revision, r02, which is now the first step.
+            assert job.error == (
+                "The plan no longer holds: from base Alembic would now run r02, not the plan's "
+                "steps (a script changed?): nothing ran."
+            )
+            events = db.session.scalars(
+                sa.select(AuditEvent.action).where(AuditEvent.environment == "dev")
+            ).all()
+            assert "job.stale" in events
+        assert versions(url) == []
+        assert not {"t0", "t1", "t2"} & table_names(url)
     finally:
         databases.drop_all()
 
@@ -334,15 +398,59 @@ def test_a_mariadb_downgrade_failing_after_ddl_lists_exactly_that_steps_ddl(
 # --- a killed runner ------------------------------------------------------------------------
 
 
+# What each backend shows of the migrating session and the lock, read in that order (the lock
+# first): a session seen running the step's statement after the lock was seen free really ran
+# unlocked, or was ending its own exit.
+KILL_PROBES = {
+    "postgresql": {
+        "sleep": "op.execute('SELECT pg_sleep(30)')",
+        "migrating": (
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' "
+            "AND datname = current_database()"
+        ),
+        "holder": f"{PG_LOCK_HOLDER} LIMIT 1",
+        "running": (
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = :session AND state = 'active' "
+            "AND query LIKE 'SELECT pg_sleep(30)%%'"
+        ),
+        "alive": "SELECT count(*) FROM pg_stat_activity WHERE pid = :session",
+    },
+    "mariadb": {
+        "sleep": "op.execute('SELECT SLEEP(30)')",
+        "migrating": (
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)' "
+            "AND DB = DATABASE()"
+        ),
+        "holder": f"SELECT IS_USED_LOCK({MYSQL_LOCK_NAME})",
+        "running": (
+            "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = :session "
+            "AND INFO = 'SELECT SLEEP(30)' AND COMMAND <> 'Killed'"
+        ),
+        "alive": "SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID = :session",
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("backend", "env_py"),
+    [
+        ("postgresql", "flask"),
+        ("postgresql", "plain"),
+        ("mariadb", "flask"),
+        ("mariadb", "plain"),
+    ],
+)
 def test_a_runner_killed_mid_step_names_the_signal_and_frees_the_lock_only_with_its_session(
-    tmp_path, script_tree
+    backend, env_py, tmp_path, script_tree, plain_script_tree
 ):
-    databases = DatabaseFactory("postgresql", tmp_path)
+    tree = script_tree if env_py == "flask" else plain_script_tree
+    probes = KILL_PROBES[backend]
+    databases = DatabaseFactory(backend, tmp_path)
     try:
         url = databases.create()
-        script_tree.add_table("r00", None, "t0")
-        script_tree.add("r01", "r00", "sleep", upgrade="op.execute('SELECT pg_sleep(30)')")
-        app = app_for_tree(tmp_path / "site", script_tree, {"dev": url}, **FAST)
+        tree.add_table("r00", None, "t0")
+        tree.add("r01", "r00", "sleep", upgrade=probes["sleep"])
+        app = app_for_tree(tmp_path / "site", tree, {"dev": url}, **FAST)
         with app.app_context():
             queued = queue_job()
             job_id = queued.id
@@ -357,50 +465,57 @@ def test_a_runner_killed_mid_step_names_the_signal_and_frees_the_lock_only_with_
         supervisor = threading.Thread(target=supervise)
         supervisor.start()
         watcher = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        sleeping = sa.text(
-            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%' "
-            "AND datname = current_database()"
-        )
         with watcher.connect() as connection:
             deadline = time.monotonic() + 30
-            while (migrating := connection.scalar(sleeping)) is None:
+            while (migrating := connection.scalar(sa.text(probes["migrating"]))) is None:
                 assert time.monotonic() < deadline, "the migration never reached its sleep"
                 time.sleep(0.1)
                 connection.rollback()
+            # The session running the step is the one holding the lock (with either env.py).
+            assert connection.scalar(sa.text(probes["holder"])) == migrating
+            connection.rollback()
             with app.app_context():
                 runner_pid = db.session.get(Job, job_id).runner_pid
             os.kill(runner_pid, signal.SIGKILL)
-            # From the kill on, the lock is never free while the migrating session lives.
+            # From the kill on, the lock is never free while the migrating session runs the step.
             seen = []
-            probe = sa.text(
-                "SELECT (SELECT count(*) FROM pg_stat_activity WHERE pid = :pid), "
-                f"(SELECT count(*) FROM ({PG_LOCK_HOLDER}) AS holders)"
-            )
-            while supervisor.is_alive():
-                seen.append(
-                    (*connection.execute(probe, {"pid": migrating}).one(), time.monotonic())
-                )
+            while True:  # at least one sample, however fast the supervisor is
+                holder = connection.scalar(sa.text(probes["holder"]))
+                running = connection.scalar(sa.text(probes["running"]), {"session": migrating})
+                seen.append((bool(running), holder is not None, time.monotonic()))
                 connection.rollback()
+                if not supervisor.is_alive():
+                    break
                 time.sleep(0.02)
             supervisor.join(timeout=30)
-            alive, held = connection.execute(probe, {"pid": migrating}).one()
+            deadline = time.monotonic() + 5  # KILL only signals a MariaDB thread to end
+            while connection.scalar(sa.text(probes["alive"]), {"session": migrating}):
+                assert time.monotonic() < deadline, "the migrating session outlived its job"
+                time.sleep(0.05)
+                connection.rollback()
+            held = connection.scalar(sa.text(probes["holder"]))
         watcher.dispose()
 
         job = outcome["job"]
         assert job.state == "interrupted"
         assert "killed by SIGKILL during step 2 of 2 (revision r01)" in job.error
-        assert f"session {migrating} terminated" in job.error
-        assert (alive, held) == (0, 0)
-        # The lock goes with the session: once free it is never held again, and the session is
-        # then only finishing its own exit (gone within moments, never migrating unlocked).
-        freed = next((index for index, (_, held, _) in enumerate(seen) if not held), len(seen))
-        assert all(not held for _, held, _ in seen[freed:]), seen
-        exiting = [at for alive, held, at in seen[freed:] if alive]
-        assert not exiting or exiting[-1] - exiting[0] < 2.0, seen
+        # One session, the migrating one: the lock had no session of its own to outlive it.
+        assert f"Its database sessions: session {migrating} terminated." in job.error
+        assert held is None
+        unlocked_while_running = [at for running, locked, at in seen if running and not locked]
+        assert not unlocked_while_running, seen
+        # The lock goes with the session: once free it is never held again.
+        freed = next((index for index, (_, locked, _) in enumerate(seen) if not locked), len(seen))
+        assert not any(locked for _, locked, _ in seen[freed:]), seen
         assert lock_is_free(url=url, version_table="alembic_version", schema=None)
-        # PostgreSQL ran both steps in one transaction: the kill rolled r00 back too.
-        assert versions(url) == [] and "t0" not in table_names(url)
-        assert "The database is at base" in job.error
+        if backend == "postgresql":
+            # PostgreSQL ran both steps in one transaction: the kill rolled r00 back too.
+            assert versions(url) == [] and "t0" not in table_names(url)
+            assert "The database is at base" in job.error
+        else:
+            # MariaDB committed r00 (its DDL is not transactional); r01 had changed nothing.
+            assert versions(url) == ["r00"] and "t0" in table_names(url)
+            assert "The database is at r00" in job.error
         with app.app_context():
             assert jobs.active_job(environment="dev") is None
     finally:
@@ -434,6 +549,22 @@ def test_a_cli_upgrade_exits_cleanly_without_thread_tracebacks(tmp_path, script_
     assert "succeeded; now at r01" in finished.stdout
     assert "Traceback" not in finished.stderr and "Exception in thread" not in finished.stderr
     assert textwrap.dedent(finished.stderr).strip() == ""
+
+
+def test_a_failed_cli_job_names_the_failing_step_and_revision(tmp_path, script_tree):
+    without_logging(script_tree.path / "env.py")  # the report must not rely on env.py's logging
+    script_tree.add_table("r00", None, "t0")
+    script_tree.add("r01", "r00", "fails", upgrade="op.execute('SELECT * FROM no_such_table')")
+    script_tree.add_table("r02", "r01", "t2")
+    app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"}, **FAST)
+
+    result = app.test_cli_runner().invoke(args=["dashboard", "upgrade", "dev"])
+
+    assert result.exit_code == 1, result.output
+    assert "failed; now at r00" in result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert error.startswith("Error: Step 2 of 3 (revision r01) failed:")
+    assert "no_such_table" in error
 
 
 def test_a_sqlite_step_failing_after_ddl_is_half_applied_and_the_table_is_really_there(

@@ -299,6 +299,12 @@ def test_a_failing_step_rolls_the_whole_postgresql_run_back(tmp_path, script_tre
         assert plan.transactions_sentence == ONE_TRANSACTION
         assert all(step.sql is not None for step in plan.steps)
         assert state == "failed" and "no_such_table" in (error or "")
+        assert error.startswith("Step 3 of 3 (revision r02) failed:")
+        assert error.endswith(
+            "The run's one transaction was rolled back, with every step before it: the database "
+            "is consistent at base."
+        )
+        assert "half-applied" not in error
         assert versions(url) == []
         assert not {"t0", "t1", "t2"} & table_names(url)
     finally:
@@ -318,6 +324,9 @@ def test_with_transaction_per_migration_the_steps_before_a_failure_stay(tmp_path
 
         assert plan.transactions_sentence == PER_STEP
         assert state == "failed" and "no_such_table" in (error or "")
+        assert error.startswith("Step 3 of 3 (revision r02) failed:")
+        assert error.endswith("Its transaction was rolled back: the database is consistent at r01.")
+        assert "half-applied" not in error
         assert versions(url) == ["r01"]
         assert {"t0", "t1"} <= table_names(url)
         assert "t2" not in table_names(url)

@@ -5,7 +5,8 @@ migration gets a fresh interpreter. The database URL travels in the child's envi
 never on its command line, where `ps` would show the password.
 
 The child takes the migration lock on the very database session env.py migrates on (a stock
-Flask-Migrate env.py gets its engine from the app the child builds), re-reads the revision on
+Flask-Migrate env.py gets its engine from the app the child builds; an engine a plain Alembic
+env.py builds for the same database gets that session's connection), re-reads the revision on
 that session, and runs nothing unless it is the plan's. Besides plain log lines it prints
 markers the parent parses: every statement (SQL), each database session it opened (SESSION),
 a plan that no longer holds (STALE) and an exact failure report (FAILURE).
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from dashboard.errors import EnvironmentUnreachable, MigrationFailed, PlanChanged, PlanError
 from dashboard.processes import die_with_parent
@@ -368,6 +369,12 @@ def _watch_the_database(database: TargetDatabase, observer: _StepObserver) -> No
 
     lock_timeout = database.lock_timeout
     statement_timeout = database.statement_timeout
+    sessions: set[int] = set()
+
+    def opened(session_id: int) -> None:
+        if session_id not in sessions:  # the locked session is lent to env.py's engine too
+            sessions.add(session_id)
+            _emit(SESSION_MARKER, session_id)
 
     @event.listens_for(Pool, "connect")
     def on_connect(dbapi_connection, record):  # noqa: ARG001
@@ -376,7 +383,7 @@ def _watch_the_database(database: TargetDatabase, observer: _StepObserver) -> No
         try:
             if module.startswith("psycopg"):
                 cursor.execute("SELECT pg_backend_pid()")
-                _emit(SESSION_MARKER, cursor.fetchone()[0])
+                opened(cursor.fetchone()[0])
                 if lock_timeout:
                     cursor.execute(f"SET lock_timeout = {int(lock_timeout * 1000)}")
                 if statement_timeout:
@@ -384,7 +391,7 @@ def _watch_the_database(database: TargetDatabase, observer: _StepObserver) -> No
                 dbapi_connection.commit()
             elif module.startswith(("pymysql", "MySQLdb")):
                 cursor.execute("SELECT CONNECTION_ID()")
-                _emit(SESSION_MARKER, cursor.fetchone()[0])
+                opened(cursor.fetchone()[0])
                 if lock_timeout:
                     cursor.execute(f"SET SESSION lock_wait_timeout = {max(1, int(lock_timeout))}")
                     cursor.execute(
@@ -431,18 +438,56 @@ def child_main(payload: str) -> int:
                     connection, version_table=version_table, version_table_schema=schema
                 )
                 connection.rollback()
+                locked_session = connection.connection.dbapi_connection
             if expected_from is not None and found != tuple(sorted(expected_from)):
                 stale = PlanChanged(expected=tuple(sorted(expected_from)), found=found)
                 _emit(STALE_MARKER, str(stale))
                 print(f"ERROR: {stale}", flush=True)
                 return STALE_EXIT
+            if database.url.get_backend_name() != "sqlite":  # SQLite's lock is a file's
+                _lend_the_locked_session(database.url, engine.dialect, locked_session)
             return _run(spec, app, database, observer)
         finally:
             _release(engine, lock)
 
 
+def _lend_the_locked_session(url: URL, runner_dialect: Any, locked: Any) -> None:
+    """Make every engine env.py builds for the target migrate on the locked session.
+
+    A plain Alembic env.py builds its own engine (engine_from_config, with NullPool) and would
+    migrate on a second session while the lock sat on an idle one: a killed runner's idle
+    session ends at once and frees the lock while the migrating statement still runs. So, as
+    the Flask app's StaticPool does for a Flask-Migrate env.py, any other engine this child
+    creates for the same database through the same driver (the URL's connect arguments, as
+    that engine's dialect reads them) gets the locked DBAPI connection instead of a new one,
+    and never closes it: the runner releases the lock on it and closes it last.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def same_database(dialect: Any, cargs: list[Any], cparams: dict[str, Any]) -> bool:
+        if dialect is runner_dialect or dialect.loaded_dbapi is not runner_dialect.loaded_dbapi:
+            return False
+        wanted_args, wanted_params = dialect.create_connect_args(url)
+        return list(cargs) == list(wanted_args) and all(
+            key in cparams and cparams[key] == value for key, value in wanted_params.items()
+        )
+
+    @event.listens_for(Engine, "do_connect")
+    def lend(dialect, record, cargs, cparams):  # noqa: ARG001
+        if not same_database(dialect, cargs, cparams):
+            return None
+        if "do_close" not in vars(dialect):  # its pool closes what it returns: not this one
+            close, terminate = dialect.do_close, dialect.do_terminate
+            dialect.do_close = lambda dbapi: None if dbapi is locked else close(dbapi)
+            dialect.do_terminate = lambda dbapi: None if dbapi is locked else terminate(dbapi)
+        return locked
+
+
 def _run(spec: dict, app: Any, database: TargetDatabase, observer: _StepObserver) -> int:
     """Run the command on the locked session; report a failure exactly."""
+    # Engines env.py builds for the target are lent the locked session (above); the README's
+    # lock lines also skip on this variable, for an env.py that reaches the database otherwise.
     if alembic_adapter.env_py_builds_its_engine(database.script_location):
         os.environ[LOCK_VARIABLE] = lock_table_name(
             database.version_table, database.version_table_schema
