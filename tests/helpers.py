@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import textwrap
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from dashboard.environments import environment_named, get_project
 from dashboard.extensions import db
 from dashboard.htmx import HTMX_CDN_URL
 from dashboard.jobs import service as jobs
+from dashboard.jobs.models import Job
 from dashboard.plans.service import build_plan
 from dashboard.users import service as users
 from dashboard.users.models import Role
@@ -795,3 +797,16 @@ def alice_upgrades_staging(app) -> tuple[object, int]:
     )
     assert jobs.run_job(job_id=job.id).state == "succeeded"
     return alice, job.id
+
+
+def wait_for_job(app, job_id: int, seconds: float = 30) -> Job:
+    """Wait until a job submitted to the executor has finished; return it."""
+    deadline = time.monotonic() + seconds
+    with app.app_context():
+        while True:
+            job = db.session.get(Job, job_id)
+            if job.is_finished or time.monotonic() > deadline:
+                db.session.expunge(job)
+                return job
+            db.session.rollback()  # never sit on the SQLite store's write lock while waiting
+            time.sleep(0.1)

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +33,7 @@ from tests.helpers import (
     signed_in_client,
     table_names,
     versions,
+    wait_for_job,
 )
 
 # Two independent branches, each with its own base and label: two heads, as Alembic's docs
@@ -377,19 +377,6 @@ def test_cli_upgrades_to_heads_and_downgrades_a_branch_to_its_base(tmp_path, two
     assert refused.exit_code != 0
     assert "multiple heads: name one (co2222, ex3333)" in refused.output
     assert versions(url) == ["co2222"]
-
-
-def wait_for_job(app, job_id: int, seconds: float = 30) -> Job:
-    """Wait until a job submitted to the executor has finished; return it."""
-    deadline = time.monotonic() + seconds
-    with app.app_context():
-        while True:
-            job = db.session.get(Job, job_id)
-            if job.is_finished or time.monotonic() > deadline:
-                db.session.expunge(job)
-                return job
-            db.session.rollback()  # never sit on the SQLite store's write lock while waiting
-            time.sleep(0.1)
 
 
 @pytest.mark.parametrize(

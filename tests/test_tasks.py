@@ -34,6 +34,8 @@ from tests.helpers import (
     make_app,
     signed_in_client,
     upgrade_store,
+    versions,
+    wait_for_job,
 )
 from tests.servers import REPO, VENV_BIN, HttpSession, clean_environ, server_environ
 
@@ -364,6 +366,33 @@ def test_a_long_plan_is_paged_and_renders_all_its_sql_as_a_task(tmp_path, script
     assert all(f"CREATE TABLE t{index} " in sql for index in range(12))
     (task,) = tasks_in(app, "plan")
     assert (task.progress_done, task.progress_total) == (12, 12)
+
+
+def test_a_long_plan_preview_shows_a_page_of_steps_and_runs_them_all(tmp_path, script_tree):
+    script_tree.linear(12)
+    app = app_for_tree(
+        tmp_path / "site", script_tree, {"dev": "sqlite:///db/dev.db"}, DIFF_PAGE_STEPS=5
+    )
+    operator = signed_in_client(app, "operator")
+
+    fragment = text_of(operator.get("/environments/dev/plan?page=2", headers=HX))
+    assert re.findall(r'class="step" data-revision="(\w+)"', fragment) == [
+        f"r{index:02d}" for index in range(5, 10)
+    ]
+    assert "Steps 6–10 of 12" in fragment and "12 steps, in the order they run" in fragment
+    assert 'hx-target="#plan"' in fragment  # the pager swaps the plan card in place
+    assert "CREATE TABLE t5 " in fragment and "CREATE TABLE t4 " not in fragment
+    assert operator.get("/environments/dev/plan?page=0").status_code == 400
+
+    fingerprint = re.search(r'name="fingerprint" value="(\w+)"', fragment).group(1)
+    posted = Auth(operator).post(
+        "/environments/dev/jobs",
+        {"operation": "upgrade", "target": "head", "fingerprint": fingerprint},
+    )
+    assert posted.status_code == 303, posted.get_data(as_text=True)[:500]
+    job = wait_for_job(app, int(posted.headers["Location"].rstrip("/").rsplit("/", 1)[1]))
+    assert job.state == "succeeded", job.error
+    assert versions(f"sqlite:///{tmp_path / 'site' / 'db' / 'dev.db'}") == ["r11"]
 
 
 def test_a_short_plan_shows_every_step_with_its_sql_as_before(demo_client):

@@ -7,15 +7,12 @@ progress; the task plans, then the page swaps in its result.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 
 from flask import (
     Blueprint,
     Response,
     abort,
-    current_app,
     redirect,
     render_template,
     request,
@@ -29,6 +26,7 @@ from dashboard.environments import environment_or_404, get_project
 from dashboard.environments.loader import Environment
 from dashboard.errors import DashboardError
 from dashboard.htmx import is_htmx_request
+from dashboard.paging import paging as steps_paging
 from dashboard.plans.service import Plan, render_plan, render_steps
 from dashboard.ratelimits import expensive_work
 from dashboard.tasks import flows
@@ -46,8 +44,6 @@ REHEARSAL_NEEDS = (
     "A rehearsal builds a scratch database on the environment's server and runs the plan's "
     "scripts there"
 )
-# Steps a diff page shows at once; a longer plan is paged and renders its SQL as a task.
-DEFAULT_PAGE_STEPS = 50
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
@@ -77,33 +73,6 @@ def _posted_fingerprint() -> str | None:
     return text or None
 
 
-@dataclass(frozen=True)
-class Paging:
-    """Which steps of a long plan this page shows."""
-
-    page: int
-    pages: int
-    size: int
-    total: int
-
-    @property
-    def start(self) -> int:
-        return (self.page - 1) * self.size
-
-    @property
-    def stop(self) -> int:
-        return min(self.total, self.page * self.size)
-
-
-def _paging(total: int) -> Paging:
-    size = max(1, int(current_app.config.get("DIFF_PAGE_STEPS", DEFAULT_PAGE_STEPS)))
-    raw = request.args.get("page", "1").strip() or "1"
-    if not raw.isdigit() or int(raw) < 1:
-        abort(400, description=f"The page must be a whole number from 1, not “{raw[:20]}”.")
-    pages = max(1, math.ceil(total / size))
-    return Paging(page=min(int(raw), pages), pages=pages, size=size, total=total)
-
-
 def _diff_context(environment: Environment, args: dict[str, str]) -> dict[str, object]:
     """The plan, the steps this page shows with their SQL, and the tasks about this plan."""
     steps_plan = flows.plan_for_request(environment=environment, args=args, render=False)
@@ -118,7 +87,7 @@ def _diff_context(environment: Environment, args: dict[str, str]) -> dict[str, o
         for kind, task in shown.items()
     }
     views = {kind: flows.view_of(task) if task else None for kind, task in shown.items()}
-    paging = _paging(len(steps_plan.steps))
+    paging = steps_paging(len(steps_plan.steps))
     # The forms post the steps fingerprint: the task refuses to run any other plan.
     common = {"tasks": views, "steps_fingerprint": steps_plan.fingerprint}
     if paging.pages == 1:

@@ -23,6 +23,7 @@ from dashboard.error_pages import shows_errors_with
 from dashboard.errors import DashboardError
 from dashboard.htmx import is_htmx_request, stop_polling
 from dashboard.jobs import service as jobs
+from dashboard.paging import paging as steps_paging
 from dashboard.plans.service import build_plan
 from dashboard.users.models import Role
 
@@ -152,16 +153,24 @@ def plan(name: str) -> ResponseReturnValue:
     if operation not in ("upgrade", "downgrade"):
         abort(400, description="The operation must be upgrade or downgrade.")
     target = request.args.get("target", "").strip() or ("head" if operation == "upgrade" else "-1")
-    error, built = None, None
+    error, built, steps, paging = None, None, (), None
     try:
         built = build_plan(
             project=project, environment=environment, direction=operation, target=target
         )
     except DashboardError as problem:
         error = str(problem)
+    else:
+        # A long plan is shown a page of steps at a time (the Run form binds all of them).
+        paging = steps_paging(len(built.steps))
+        steps = built.steps[paging.start : paging.stop]
+        if paging.pages == 1:
+            paging = None
     context = {
         "env": environment,
         "plan": built,
+        "steps": steps,
+        "paging": paging,
         "error": error,
         "operation": operation,
         "target": target,
