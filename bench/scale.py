@@ -676,7 +676,7 @@ class MemorySampler:
 
     def growth(self, window: list[float]) -> dict[str, float]:
         """Per worker: its RSS at the end of the measured window minus its lowest RSS in it
-        (sign-ins just before the window free argon2's 64 MiB per hash, so RSS first drops)."""
+        (sign-ins just before the window free argon2's 19 MiB per hash, so RSS first drops)."""
         inside = [
             {pid: values.get("VmRSS", 0.0) for pid, values in memory.items()}
             for at, memory in self.samples
@@ -863,8 +863,8 @@ def record_worker_memory(scenario: Scenario) -> None:
         "(plan, rehearsal, diffs, drift), B the job page, C the Overview load"
         + (
             f"; on C the peak was already {after_sign_ins:.0f} MiB when the measured window "
-            f"began, right after {scenario.args.clients} sign-ins (argon2id takes 64 MiB per hash, "
-            "up to 4 at once per worker)"
+            f"began, right after {scenario.args.clients} sign-ins (argon2id takes 19 MiB per hash, "
+            "one at a time per worker)"
             if after_sign_ins
             else ""
         ),

@@ -77,13 +77,15 @@ def check_drift(
     return report
 
 
-def latest_reports() -> dict[str, DriftReport]:
+def latest_reports(read: list[EnvironmentStatus] | None = None) -> dict[str, DriftReport]:
     """Return the newest drift report of each environment that was ever checked, each marked
-    outdated (`moved_to`) when its environment was read at other revisions since."""
+    outdated (`moved_to`) when its environment was read at other revisions since (`read`: the
+    stored statuses, if the caller has them already)."""
     rows = list(db.session.scalars(sa.select(DriftCheck)))
     if not rows:
         return {}
-    read = statuses.stored_statuses(project=get_project(), reading_since=None)
+    if read is None:
+        read = statuses.stored_statuses(project=get_project(), reading_since=None)
     by_name = {status.name: status for status in read}
     return {
         row.environment: with_freshness(row.as_report(), by_name.get(row.environment))

@@ -29,7 +29,7 @@ def _overview(rows_statuses: list[EnvironmentStatus]) -> str:
         template,
         project=project,
         rows=list(zip(project.environments, rows_statuses, strict=True)),
-        drift_reports=drift.latest_reports(),
+        drift_reports=drift.latest_reports(rows_statuses),
         pending_rollouts=rollouts.pending_counts(),
     )
 
@@ -46,7 +46,7 @@ def _environment(name: str, all_statuses: list[EnvironmentStatus]) -> str:
         status=status,
         graph=get_board().graph(),
         recent_rollouts=recent_rollouts,
-        drift_report=drift.latest_reports().get(name),
+        drift_report=drift.latest_reports(all_statuses).get(name),
     )
 
 
