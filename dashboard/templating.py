@@ -14,6 +14,7 @@ from pygments.lexers import PythonLexer, SqlLexer
 
 from dashboard.environments.status import EnvironmentStatus, Status
 from dashboard.htmx import HTMX_CDN_URL, HTMX_SRI
+from dashboard.plans import lint
 from dashboard.users.models import Role
 
 _TONES = {
@@ -117,6 +118,7 @@ def init_app(app: Flask) -> None:
     app.add_template_global(htmx_script)
     app.add_template_filter(script_source)
     app.add_template_filter(sql_source)
+    app.add_template_filter(lint.grouped, name="grouped_findings")
     app.context_processor(
         lambda: {"project": current_app.extensions["dashboard.project"], "Role": Role}
     )

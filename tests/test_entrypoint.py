@@ -129,6 +129,14 @@ def test_entrypoint_upgrades_the_dashboard_store_before_serving(serving):
     assert len(versions) == 1
 
 
+def test_entrypoint_gives_gunicorn_a_fixed_mmap_threshold(serving):
+    # Freed argon2 buffers (19 MiB per sign-in) then go back to the system instead of staying
+    # in each thread's malloc arena; the benchmark measures the memory (bench/scale.py).
+    environ = Path(f"/proc/{serving.process.pid}/environ").read_bytes().split(b"\0")
+
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ
+
+
 def test_entrypoint_writes_nothing_under_home(serving):
     # gunicorn >= 25.1 would open a control socket in $HOME/.gunicorn; the image's user has none.
     assert list(serving.home.iterdir()) == []

@@ -25,6 +25,7 @@ from tests.helpers import (
     app_for_tree,
     fingerprint_of,
     make_app,
+    signed_in_client,
     write_environments,
 )
 
@@ -309,3 +310,25 @@ def test_rehearsed_statements_of_a_data_migration_are_linted_too():
     assert statement_findings(statements, "mariadb", lint=True) == statement_warnings(
         statements, "mariadb"
     )
+
+
+def test_past_twenty_findings_the_plan_page_shows_one_line_per_rule(tmp_path, script_tree):
+    columns = ", ".join(f"sa.Column('c{index}', sa.Integer)" for index in range(25))
+    script_tree.add("r00", None, "wide", upgrade=f"op.create_table('w', {columns})")
+    for index in range(25):
+        script_tree.add(
+            f"r{index + 1:02d}", f"r{index:02d}", f"drop c{index}",
+            upgrade=f"op.drop_column('w', 'c{index}')",
+        )  # fmt: skip
+    app = app_for_tree(tmp_path / "site", script_tree, {"dev": "sqlite:///dev.db"})
+    viewer = signed_in_client(app, "viewer")
+
+    html = viewer.get("/environments/dev/plan").get_data(True)
+    lines = re.findall(r'data-rule="drop-column"([^>]*)>([^<]*)', html)
+    assert len(lines) == 1, lines
+    more, text = lines[0]
+    assert 'data-more="24"' in more
+    assert text.startswith("r01: destructive: drops column w.c0")
+    assert "and the same on 24 more steps (r02, r03, r04, r05, r06, …)" in text
+    short = viewer.get("/environments/dev/plan?target=r05").get_data(True)
+    assert short.count('data-rule="drop-column"') == 5  # a short plan lists each one

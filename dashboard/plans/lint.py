@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from flask import current_app, has_app_context
 
@@ -126,6 +127,66 @@ class Finding(str):
             step=revision_id,
             text=text,
         )
+
+
+# Past this many findings, a page shows one line per rule (a 1,000-step plan on PostgreSQL has
+# a squawk finding or two on every step: a 1.2 MB page).
+GROUP_FINDINGS_OVER = 20
+
+
+class FindingGroup(Finding):
+    """Findings of one rule on several steps, shown as one line: the first, and how many more."""
+
+    steps: tuple[str, ...]
+
+    @property
+    def more(self) -> int:
+        return len(self.steps) - 1
+
+    @property
+    def headline(self) -> str:
+        first = super().headline
+        shown = ", ".join(step[:12] for step in self.steps[1:6])
+        if len(self.steps) > 6:
+            shown += ", …"
+        return f"{first} — and the same on {self.more} more steps ({shown})"
+
+
+def grouped(findings: Sequence[Any], *, over: int = GROUP_FINDINGS_OVER) -> list[Any]:
+    """The findings as a page lists them: each one while there are at most `over`; past that,
+    one line per severity, rule and source for findings about steps (plain texts and findings
+    about the whole plan stay as they are), in the order each first appears."""
+    if len(findings) <= over:
+        return list(findings)
+    shown: list[Any] = []
+    groups: dict[tuple[str, str, str], list[Finding]] = {}
+    for finding in findings:
+        if not isinstance(finding, Finding) or finding.step is None:
+            shown.append(finding)
+            continue
+        key = (finding.severity, finding.rule, finding.source)
+        if key not in groups:
+            groups[key] = []
+            shown.append(key)
+        groups[key].append(finding)
+    return [_group(groups[item]) if isinstance(item, tuple) else item for item in shown]
+
+
+def _group(findings: list[Finding]) -> Finding:
+    first = findings[0]
+    if len(findings) == 1:
+        return first
+    group = FindingGroup(
+        first.reason,
+        rule=first.rule,
+        severity=first.severity,
+        fix=first.fix,
+        source=first.source,
+        step=first.step,
+        text=str(first),
+    )
+    group.steps = tuple(finding.step or "" for finding in findings)
+    return group
 
 
 def _rebuild(text: str, state: dict) -> Finding:
