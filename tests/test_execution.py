@@ -90,6 +90,18 @@ EVIDENCE = {
 }
 
 
+def assert_migrated_on_the_lock_holder(url) -> None:
+    """The evidence table says the migrating session held the lock, which is free again."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        migrating, holder = connection.execute(
+            sa.text("SELECT migrating, holder FROM evidence")
+        ).one()
+    engine.dispose()
+    assert holder is not None and migrating == holder
+    assert lock_is_free(url=url, version_table="alembic_version", schema=None)
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_a_job_completes_with_the_readme_lock_lines_and_migrates_on_the_lock_holder(
     backend, tmp_path, script_tree
@@ -108,14 +120,7 @@ def test_a_job_completes_with_the_readme_lock_lines_and_migrates_on_the_lock_hol
         assert job.state == "succeeded", job.error
         assert time.monotonic() - started < 20  # not a lock wait that timed out
         assert versions(url) == ["r01"]
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        with engine.connect() as connection:
-            migrating, holder = connection.execute(
-                sa.text("SELECT migrating, holder FROM evidence")
-            ).one()
-        engine.dispose()
-        assert holder is not None and migrating == holder
-        assert lock_is_free(url=url, version_table="alembic_version", schema=None)
+        assert_migrated_on_the_lock_holder(url)
     finally:
         databases.drop_all()
 
@@ -140,14 +145,7 @@ def test_a_plain_alembic_env_py_with_the_lock_lines_runs_under_the_dashboard(
         assert time.monotonic() - started < 20  # not a lock wait that timed out
         assert versions(url) == ["r01"]
         # env.py built its own engine, yet it migrated on the session that holds the lock.
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        with engine.connect() as connection:
-            migrating, holder = connection.execute(
-                sa.text("SELECT migrating, holder FROM evidence")
-            ).one()
-        engine.dispose()
-        assert holder is not None and migrating == holder
-        assert lock_is_free(url=url, version_table="alembic_version", schema=None)
+        assert_migrated_on_the_lock_holder(url)
         assert "releasing the migration lock" not in job_log(app, job.id)  # released, not lost
     finally:
         databases.drop_all()
