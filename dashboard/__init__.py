@@ -8,15 +8,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from dashboard import startup
 
-from dashboard.cli_errors import reports_startup_errors
-from dashboard.errors import ConfigurationError
-from dashboard.target import launcher
+# Before the imports below: a one-shot `flask dashboard upgrade` starts its zygote now, and
+# pauses the garbage collector while the app is built (see dashboard/startup.py).
+startup.begin(sys.argv)
+
+from flask import Flask  # noqa: E402
+
+from dashboard.cli_errors import reports_startup_errors  # noqa: E402
+from dashboard.errors import ConfigurationError  # noqa: E402
 
 STORE_MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-# `flask dashboard <one of these> …` starts a runner or renderer child once the app is built.
-_COMMANDS_WITH_CHILDREN = frozenset({"upgrade", "downgrade", "stamp", "diff", "drift"})
 
 
 @reports_startup_errors  # under `flask …`, a bad environments.yaml is one line, no traceback
@@ -24,10 +27,6 @@ def create_app(
     config: str | type | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Flask:
     """Build the app from a config class (or its name), then `overrides`; reads local files only."""
-    if _cli_command_starts_a_child(sys.argv):
-        # The zygote's imports (~0.8 s) then overlap building the app and planning, instead of
-        # following them: a one-shot `flask dashboard upgrade` waits for both otherwise.
-        launcher.prestart()
     # Imported here, not at the top: the runner and renderer children import `dashboard.target`,
     # which loads this package, and must not pay for every blueprint and template on start.
     import config as config_module
@@ -64,8 +63,9 @@ def create_app(
     app.extensions[jobs_service.JOB_FINISHED_HOOKS] = [rollout_flows.job_finished]
     housekeeping.init_app(app)  # runs in the status refresher's thread, once that starts
     scheduler.init_app(app)  # …and only in the process holding the refresher's lease
-    if not _cli_command_serves_no_pages(sys.argv):
+    if not startup.serves_no_pages(sys.argv):
         _add_web_tier(app)
+    startup.app_built()
     return app
 
 
@@ -100,33 +100,6 @@ def _add_web_tier(app: Flask) -> None:
     app.register_blueprint(tasks_views.bp)
     app.register_blueprint(rollouts_views.bp)
     app.register_blueprint(audit_views.bp)
-
-
-def _cli_command_starts_a_child(argv: list[str]) -> bool:
-    """Is this process `flask … dashboard upgrade|downgrade|stamp|diff|drift …`?
-
-    Click resolves the command only after the app is built, so the arguments are all there is;
-    a wrong guess costs (or saves) one early zygote start, nothing else.
-    """
-    return _dashboard_command(argv) in _COMMANDS_WITH_CHILDREN
-
-
-def _dashboard_command(argv: list[str]) -> str | None:
-    """The `dashboard` subcommand this `flask` process runs, if it runs one."""
-    if not argv or Path(argv[0]).name != "flask" or "dashboard" not in argv[1:]:
-        return None
-    after = argv[argv.index("dashboard", 1) + 1 :]
-    return after[0] if after else None
-
-
-def _cli_command_serves_no_pages(argv: list[str]) -> bool:
-    """Is this process a one-shot `flask … dashboard <command>` (not the RQ worker)?
-
-    Such a command serves no request, so the app it builds skips the web tier (~0.1 s of a
-    start-up that `flask dashboard status` is measured by).
-    """
-    command = _dashboard_command(argv)
-    return command is not None and command != "worker"
 
 
 def _config_class(config: str | type | None, config_module: Any) -> type:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
-from dashboard import create_app
+from dashboard import create_app, startup
 from dashboard.environments import get_board, get_project
 from dashboard.errors import ConfigurationError
 from tests.helpers import write_environments
@@ -130,3 +132,28 @@ def test_a_one_shot_dashboard_command_builds_the_app_without_its_pages(
     assert ("limiter" in app.extensions) is pages
     assert ("csrf" in app.extensions) is pages
     assert "dashboard" in app.cli.commands
+
+
+@pytest.mark.parametrize(
+    ("argv", "one_shot"),
+    [
+        (["/srv/.venv/bin/flask", "dashboard", "status", "--json"], True),
+        (["gunicorn", "dashboard:create_app()"], False),
+        (["flask", "dashboard", "worker"], False),
+    ],
+)
+def test_a_one_shot_command_collects_garbage_again_once_its_app_is_built(
+    monkeypatch, demo_environments, argv, one_shot
+):
+    # Start-up runs without the cyclic collector; the command's own work must not.
+    monkeypatch.setattr("sys.argv", argv)
+    frozen_before = gc.get_freeze_count()
+    try:
+        startup.begin(argv)
+        assert gc.isenabled() is not one_shot
+        create_app("testing", {"ENVIRONMENTS_FILE": str(demo_environments)})
+        assert gc.isenabled()
+        assert (gc.get_freeze_count() > frozen_before) is one_shot
+    finally:
+        gc.unfreeze()
+        gc.enable()

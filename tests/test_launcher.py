@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard import _cli_command_starts_a_child
+from dashboard.startup import starts_a_child
 from dashboard.target import launcher
 from dashboard.target.renderer import render_in_child
 from dashboard.target.runner import run_in_child
@@ -218,4 +218,4 @@ def _alive(pid: int) -> bool:
 )
 def test_only_cli_commands_that_start_a_child_start_the_zygote_before_the_app(argv, early):
     # A one-shot `flask dashboard upgrade` overlaps the zygote's imports with building the app.
-    assert _cli_command_starts_a_child(argv) is early
+    assert starts_a_child(argv) is early

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import io
 import json
 import os
@@ -60,8 +61,11 @@ _PRELOAD = (
     "pymysql",
 )
 _LENGTH = struct.Struct("!I")
-# Not `-m dashboard.target.launcher`: the `dashboard` package imports this module first.
-_ZYGOTE_ENTRY = "from dashboard.target.launcher import zygote_main; zygote_main()"
+# Not `-m dashboard.target.launcher`: the `dashboard` package imports this module first. No
+# collection while the zygote imports: what it imports lives as long as it does (see _serve).
+_ZYGOTE_ENTRY = (
+    "import gc; gc.disable(); from dashboard.target.launcher import zygote_main; zygote_main()"
+)
 
 
 def start_mode() -> str:
@@ -351,6 +355,10 @@ def _serve(control: socket.socket) -> None:
     for module in _PRELOAD:
         with contextlib.suppress(ImportError):
             __import__(module)
+    # Every child shares these imports: frozen, no child's collections walk them again (nor
+    # write to their pages, which the fork shares), and the children collect their own objects.
+    gc.freeze()
+    gc.enable()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
