@@ -69,6 +69,38 @@ def test_graph_reloads_when_a_script_changes(script_tree):
     assert second.heads == ("r02",)
 
 
+def test_planning_reads_each_revision_file_once_until_one_changes(tmp_path, script_tree):
+    # Each script notes every time it is loaded (Alembic runs a revision file to read it).
+    loads = tmp_path / "loads.log"
+    ids = script_tree.linear(3)
+    for path in sorted((script_tree.path / "versions").glob("*.py")):
+        path.write_text(
+            path.read_text()
+            + f"\nwith open({str(loads)!r}, 'a') as log:\n    log.write(revision + '\\n')\n"
+        )
+    project = project_for(tmp_path, script_tree, {"dev": f"sqlite:///{tmp_path / 'dev.db'}"})
+    database = project.database(project.get("dev"))
+
+    def plan_all() -> None:
+        assert alembic_adapter.load_graph(script_tree.path).heads == (ids[-1],)
+        steps = alembic_adapter.resolve_steps(
+            database, current=(ids[0],), direction="upgrade", target="head"
+        )
+        assert steps.revision_ids == tuple(ids[1:])
+        assert alembic_adapter.resolve_revisions(database, ids[1][:3]) == (ids[1],)
+
+    plan_all()
+    plan_all()
+    assert sorted(loads.read_text().split()) == sorted(ids)
+
+    script_tree.add_table("r03", ids[-1], "extra")  # a new script: all are read again
+    loads.write_text("")
+    assert alembic_adapter.load_graph(script_tree.path).heads == ("r03",)
+    steps = alembic_adapter.resolve_steps(database, current=(), direction="upgrade", target="head")
+    assert steps.revision_ids == (*ids, "r03")
+    assert sorted(loads.read_text().split()) == sorted(ids)
+
+
 def test_graph_with_a_broken_script_raises_a_clear_error(script_tree):
     script_tree.linear(1)
     (script_tree.path / "versions" / "broken_rev.py").write_text(

@@ -103,6 +103,7 @@ class RevisionGraph:
 class _CachedGraph:
     signature: tuple[Any, ...]
     graph: RevisionGraph
+    script: ScriptDirectory  # its revision map read (every revision file imported) once
 
 
 _graph_cache: dict[tuple[Path, tuple[Path, ...], Path | None], _CachedGraph] = {}
@@ -140,21 +141,28 @@ def load_graph(
     script_location: Path, python_path: Iterable[Path] = (), alembic_ini: Path | None = None
 ) -> RevisionGraph:
     """Return the revision graph, re-reading the scripts only when a file changed."""
+    return _load(script_location, python_path, alembic_ini).graph
+
+
+def _load(
+    script_location: Path, python_path: Iterable[Path] = (), alembic_ini: Path | None = None
+) -> _CachedGraph:
+    """The graph and the script directory it was read from: once per process, until a file
+    changes (the script directory is only read afterwards, never changed)."""
     script_location = Path(script_location)
     key = (script_location, tuple(python_path), alembic_ini)
     with _graph_lock:
         signature = _signature(script_location)
         cached = _graph_cache.get(key)
-        if cached is not None and cached.signature == signature:
-            return cached.graph
-        graph = _read_graph(script_location, key[1], alembic_ini)
-        _graph_cache[key] = _CachedGraph(signature, graph)
-        return graph
+        if cached is None or cached.signature != signature:
+            graph, script = _read_graph(script_location, key[1], alembic_ini)
+            cached = _graph_cache[key] = _CachedGraph(signature, graph, script)
+        return cached
 
 
 def _read_graph(
     script_location: Path, python_path: tuple[Path, ...], alembic_ini: Path | None
-) -> RevisionGraph:
+) -> tuple[RevisionGraph, ScriptDirectory]:
     try:
         with _on_sys_path(python_path), _ini_sys_path(alembic_ini):
             script = _script_directory(script_location, alembic_ini)
@@ -187,7 +195,7 @@ def _read_graph(
                 is_merge_point=item.is_merge_point,
             )
         )
-    return RevisionGraph(script_location, revisions, heads)
+    return RevisionGraph(script_location, revisions, heads), script
 
 
 def describe_database_error(error: BaseException, url: URL | None) -> str:
@@ -733,15 +741,8 @@ def _equivalent_targets(
 def _parsed_scripts(
     script_location: Path, python_path: tuple[Path, ...], alembic_ini: Path | None = None
 ) -> ScriptDirectory:
-    """Return the script directory with its revisions read once, `python_path` importable."""
-    with _on_sys_path(python_path), _ini_sys_path(alembic_ini):
-        script = _script_directory(script_location, alembic_ini)
-        try:
-            # Reading the revision map imports every revision file: do it while they can import.
-            script.get_heads()
-        except CommandError as error:
-            raise ScriptDirectoryError(f"cannot read the migration scripts: {error}") from error
-    return script
+    """Return the script directory with its revisions read (the graph's, read once)."""
+    return _load(script_location, python_path, alembic_ini).script
 
 
 def resolve_revisions(database: TargetDatabase, text: str) -> tuple[str, ...]:
