@@ -14,11 +14,13 @@ transactions (`Plan.transactions`), and `Plan.sql` brackets them that way.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +80,20 @@ class Plan:
     fingerprint: str  # hex sha256
     dialect: str  # the environment's database, e.g. "postgresql"
     transactions: str  # ONE_TRANSACTION | TRANSACTION_PER_STEP | NO_TRANSACTION
-    warnings: tuple[str, ...] = ()
+    # The findings (`warnings`), or how to find them on first use: a CLI run on an environment
+    # without block_on never reads them, and finding them parses every script of the plan
+    # (~0.1 s per 200 steps).
+    findings: tuple[str, ...] | Callable[[], list[str]] = field(
+        default=(), compare=False, repr=False
+    )
     # False for a steps-only plan (the CLI's): no SQL rendered, the fingerprint binds the steps,
     # their scripts and env.py. Pages, downloads and rollouts always use a rendered plan.
     rendered: bool = True
+
+    @functools.cached_property
+    def warnings(self) -> tuple[str, ...]:
+        """What is risky in this plan, per step (ours and squawk's), then for the whole plan."""
+        return tuple(self.findings() if callable(self.findings) else self.findings)
 
     @property
     def revision_ids(self) -> list[str]:
@@ -350,7 +362,10 @@ def _make_plan(
         transactions=transactions,
         rendered=render,
     )
-    warnings = plan_warnings(
+    # A rendered plan is linted now (squawk reads the app's SQUAWK_BIN); a steps-only plan's
+    # findings come from its scripts alone, on first use.
+    findings: tuple[str, ...] | Callable[[], list[str]] = functools.partial(
+        plan_warnings,
         steps=[(step.revision_id, step.path, step.sql) for step in steps],
         direction=direction,
         dialect=environment.dialect,
@@ -358,6 +373,8 @@ def _make_plan(
         environment=environment,
         transactions=transactions,
     )
+    if render:
+        findings = tuple(findings())
     return Plan(
         environment=environment.name,
         direction=direction,
@@ -368,7 +385,7 @@ def _make_plan(
         fingerprint=fingerprint,
         dialect=environment.dialect or "",
         transactions=transactions,
-        warnings=tuple(warnings),
+        findings=findings,
         rendered=render,
     )
 
