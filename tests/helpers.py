@@ -30,6 +30,7 @@ from dashboard.htmx import HTMX_CDN_URL
 from dashboard.jobs import service as jobs
 from dashboard.jobs.models import Job
 from dashboard.plans.service import build_plan
+from dashboard.tasks.service import task_keeper
 from dashboard.users import service as users
 from dashboard.users.models import Role
 
@@ -414,6 +415,7 @@ def shut_down(app) -> None:
     """Stop the app's background refresher and close its store connections (before its store
     database is dropped)."""
     app.extensions["dashboard.status_board"].stop()
+    task_keeper(app).stop()  # a task a test left queued or running is beaten no more
     with app.app_context():
         db.engine.dispose()
 

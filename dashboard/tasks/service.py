@@ -396,6 +396,16 @@ class _Keeper:
         with self.lock:
             return self.latest.pop(task_id, None)
 
+    def stop(self, timeout: float = 2.0) -> None:
+        """Hold nothing more and let the thread end (the app is going away: its store too)."""
+        with self.lock:
+            self.queued.clear()
+            self.running.clear()
+            self.pending.clear()
+            thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+
     def _start(self) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="task-keeper", daemon=True)
