@@ -102,8 +102,8 @@ class DatabaseFactory:
         self._admin = None if backend == "sqlite" else _admin_engine(backend)
 
     def create(self, template: URL | None = None) -> URL:
-        """Return the URL of a new database: empty, or a copy of `template` (a SQLite file, or a
-        PostgreSQL database nobody is connected to)."""
+        """Return the URL of a new database: empty, or a copy of `template` (a SQLite file, a
+        PostgreSQL database nobody is connected to, or a MariaDB database)."""
         name = f"dash_{uuid.uuid4().hex[:12]}"
         if self.backend == "sqlite":
             path = self.tmp_path / f"{name}.db"
@@ -114,10 +114,13 @@ class DatabaseFactory:
             url = make_url(f"sqlite:///{path}")
         else:
             assert self._admin is not None
-            assert template is None or self.backend == "postgresql", "no templates on MariaDB"
-            copy = f" TEMPLATE {template.database}" if template is not None else ""
+            copy = ""
+            if template is not None and self.backend == "postgresql":
+                copy = f" TEMPLATE {template.database}"
             with self._admin.connect() as connection:
                 connection.execute(sa.text(f"CREATE DATABASE {name}{copy}"))
+                if template is not None and self.backend == "mariadb":
+                    _copy_mariadb_database(connection, str(template.database), name)
             url = self._admin.url.set(database=name)
         self.created.append(url)
         return url
@@ -130,6 +133,30 @@ class DatabaseFactory:
         _shut_down_apps_on(self.created)
         DROPPER.drop(self.backend, [str(url.database) for url in self.created])
         self._admin.dispose()
+
+
+def _copy_mariadb_database(connection: sa.Connection, source: str, target: str) -> None:
+    """Copy every table of `source` into the empty `target`, rows and all: MariaDB has no
+    CREATE DATABASE … TEMPLATE. Each table gets its own CREATE TABLE (foreign keys included,
+    which CREATE TABLE … LIKE leaves out)."""
+    tables = connection.scalars(
+        sa.text(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = :schema AND table_type = 'BASE TABLE'"
+        ),
+        {"schema": source},
+    ).all()
+    connection.exec_driver_sql(f"USE `{target}`")
+    connection.exec_driver_sql("SET SESSION foreign_key_checks = 0")
+    try:
+        for table in tables:
+            ddl = connection.exec_driver_sql(f"SHOW CREATE TABLE `{source}`.`{table}`").one()[1]
+            connection.exec_driver_sql(ddl)
+            connection.exec_driver_sql(
+                f"INSERT INTO `{target}`.`{table}` SELECT * FROM `{source}`.`{table}`"
+            )
+    finally:
+        connection.exec_driver_sql("SET SESSION foreign_key_checks = 1")
 
 
 class Dropper:
@@ -459,7 +486,7 @@ class StoreTemplates:
         self._made: dict[tuple[str, str], URL] = {}
 
     def store(self, backend: str) -> URL:
-        """An upgraded store on `backend` ("sqlite" or "postgresql") to copy."""
+        """An upgraded store on `backend` ("sqlite", "postgresql" or "mariadb") to copy."""
         if ("store", backend) not in self._made:
             self._made["store", backend] = self._build(backend, "store", None)
         return self._made["store", backend]
@@ -474,14 +501,17 @@ class StoreTemplates:
 
     def drop(self) -> None:
         """Drop every template this process made."""
-        names = [url.database for (_, backend), url in self._made.items() if backend != "sqlite"]
-        self._made.clear()
-        if names:
-            admin = _admin_engine("postgresql")
+        made, self._made = self._made, {}
+        for server in ("postgresql", "mariadb"):
+            names = [url.database for (_, backend), url in made.items() if backend == server]
+            if not names:
+                continue
+            force = " WITH (FORCE)" if server == "postgresql" else ""
+            admin = _admin_engine(server)
             try:
                 with admin.connect() as connection:
                     for name in names:
-                        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
             finally:
                 admin.dispose()
         if self._folder is not None:
@@ -497,6 +527,8 @@ class StoreTemplates:
             url = make_url(f"sqlite:///{self._app_folder() / (name + '.db')}")
             self._fill(url, kind, passwords)
             return url
+        if backend == "mariadb":
+            return self._build_on_mariadb(name, kind, passwords)
         admin = _admin_engine(backend)
         try:
             with admin.connect() as connection:
@@ -517,6 +549,32 @@ class StoreTemplates:
                     connection.execute(
                         sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.LOCK_KEY}
                     )
+        finally:
+            admin.dispose()
+        return url
+
+    def _build_on_mariadb(
+        self, name: str, kind: str, passwords: Mapping[str, str] | None
+    ) -> URL:
+        """The template on MariaDB: a database of its own that copies read from (its name is
+        this process's alone, so no lock is needed)."""
+        admin = _admin_engine("mariadb")
+        try:
+            with admin.connect() as connection:
+                for dead in self._dead_templates(
+                    connection,
+                    "SELECT schema_name FROM information_schema.schemata "
+                    "WHERE schema_name LIKE :prefix",
+                ):
+                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {dead}"))
+                connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+                connection.execute(sa.text(f"CREATE DATABASE {name}"))
+                url = admin.url.set(database=name)
+                try:
+                    self._fill(url, kind, passwords)
+                except BaseException:
+                    connection.execute(sa.text(f"DROP DATABASE {name}"))
+                    raise
         finally:
             admin.dispose()
         return url
@@ -549,14 +607,21 @@ class StoreTemplates:
 
     def _drop_dead_templates(self, connection: sa.Connection) -> None:
         """Drop templates whose process is gone (a run that was killed before its end)."""
-        names = connection.scalars(
-            sa.text("SELECT datname FROM pg_database WHERE starts_with(datname, :prefix)"),
-            {"prefix": self.PREFIX},
-        )
+        for name in self._dead_templates(
+            connection, "SELECT datname FROM pg_database WHERE datname LIKE :prefix"
+        ):
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+    def _dead_templates(self, connection: sa.Connection, query: str) -> list[str]:
+        """The templates `query` lists (it takes the LIKE pattern :prefix) whose process is gone."""
+        pattern = self.PREFIX.replace("_", "\\_") + "%"  # its underscores as themselves
+        names = connection.scalars(sa.text(query), {"prefix": pattern})
+        dead = []
         for name in list(names):
             pid = name.rsplit("_", 1)[-1]
             if pid.isdigit() and not _process_is_alive(int(pid)):
-                connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                dead.append(name)
+        return dead
 
 
 # One per test process; conftest's `store_templates` fixture drops them at the end of the run.
