@@ -1,7 +1,8 @@
 """What kind of process this is, read from its arguments before anything heavy is imported.
 
+Every process builds its app with the cyclic garbage collector paused (`collection_paused`).
 A one-shot `flask dashboard <command>` is timed against the plain Flask-Migrate CLI
-(`bench/run.py`), and most of its life is start-up and exit:
+(`bench/run.py`), and most of its life is start-up and exit, so it does more:
 
 - it builds the app without the web tier (pages, templates, sign-in, CSRF, rate limits);
 - the cyclic garbage collector pauses while the modules load and the app is built: the objects
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import atexit
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dashboard.target import launcher
@@ -66,6 +69,18 @@ def begin(argv: list[str]) -> None:
         gc.disable()
         _paused.append(True)
     atexit.register(gc.freeze)  # before the interpreter's last collection
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic collection inside (every process builds its app so), then as before."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def app_built() -> None:
