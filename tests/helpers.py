@@ -535,15 +535,10 @@ class StoreTemplates:
                 connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self.LOCK_KEY})
                 try:
                     self._drop_dead_templates(connection)
-                    connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     copy = f" TEMPLATE {base.database}" if base is not None else ""
-                    connection.execute(sa.text(f"CREATE DATABASE {name}{copy}"))
-                    url = admin.url.set(database=name)
-                    try:
-                        self._fill(url, kind, passwords)
-                    except BaseException:
-                        connection.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
-                        raise
+                    url = self._create_and_fill(
+                        connection, name, kind, passwords, copy=copy, force=" WITH (FORCE)"
+                    )
                     connection.execute(sa.text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
                 finally:
                     connection.execute(
@@ -567,16 +562,30 @@ class StoreTemplates:
                     "WHERE schema_name LIKE :prefix",
                 ):
                     connection.execute(sa.text(f"DROP DATABASE IF EXISTS {dead}"))
-                connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
-                connection.execute(sa.text(f"CREATE DATABASE {name}"))
-                url = admin.url.set(database=name)
-                try:
-                    self._fill(url, kind, passwords)
-                except BaseException:
-                    connection.execute(sa.text(f"DROP DATABASE {name}"))
-                    raise
+                url = self._create_and_fill(connection, name, kind, passwords)
         finally:
             admin.dispose()
+        return url
+
+    def _create_and_fill(
+        self,
+        connection: sa.Connection,
+        name: str,
+        kind: str,
+        passwords: Mapping[str, str] | None,
+        *,
+        copy: str = "",
+        force: str = "",
+    ) -> URL:
+        """(Re)create database `name` on the connection's server and fill it; drop it on failure."""
+        connection.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        connection.execute(sa.text(f"CREATE DATABASE {name}{copy}"))
+        url = connection.engine.url.set(database=name)
+        try:
+            self._fill(url, kind, passwords)
+        except BaseException:
+            connection.execute(sa.text(f"DROP DATABASE {name}{force}"))
+            raise
         return url
 
     def _app_folder(self) -> Path:
