@@ -148,12 +148,23 @@ def test_a_one_shot_command_collects_garbage_again_once_its_app_is_built(
     # Start-up runs without the cyclic collector; the command's own work must not.
     monkeypatch.setattr("sys.argv", argv)
     frozen_before = gc.get_freeze_count()
+    collections: list[dict] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info)
+
+    gc.collect()
+    gc.callbacks.append(count)
     try:
         startup.begin(argv)
         assert gc.isenabled() is not one_shot
         create_app("testing", {"ENVIRONMENTS_FILE": str(demo_environments)})
+        # None while it builds; at most the one that catches up once collection resumes.
+        assert len(collections) <= 1, collections
         assert gc.isenabled()
         assert (gc.get_freeze_count() > frozen_before) is one_shot
     finally:
+        gc.callbacks.remove(count)
         gc.unfreeze()
         gc.enable()

@@ -14,6 +14,7 @@ from dashboard.environments import load_project
 from dashboard.errors import ConfigurationError, JobRefused, RolloutRefused
 from dashboard.extensions import db
 from dashboard.jobs import service as jobs
+from dashboard.jobs.models import Job
 from dashboard.plans.lint import ERROR, INFO, WARNING, lint_steps, squawk_binary
 from dashboard.plans.service import build_plan, clear_plan_cache
 from dashboard.plans.warnings import statement_findings, statement_warnings
@@ -229,6 +230,17 @@ def test_block_on_refuses_a_plan_with_an_error_unless_an_admin_justifies_it(bloc
         assert event.details["justification"] == "column unused since v2, backed up in TICKET-9"
         assert any("drops column c.x" in finding for finding in event.details["findings"])
         assert jobs.get_job(job_id=job_id).requested_by == "ada"
+
+
+def test_block_on_refuses_the_cli_upgrade_too_which_plans_steps_only(blocked_app):
+    # The CLI binds to a steps-only plan, whose findings come from the scripts on first use.
+    result = blocked_app.test_cli_runner().invoke(args=["dashboard", "upgrade", "dev"])
+
+    assert result.exit_code == 1, result.output
+    assert "dev refuses plans with error findings" in result.output
+    assert "drops column c.x" in result.output
+    with blocked_app.app_context():
+        assert db.session.scalars(sa.select(Job)).all() == []  # refused before it was queued
 
 
 def test_the_plan_page_shows_severity_fix_and_the_admin_override(blocked_app):

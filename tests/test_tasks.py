@@ -23,7 +23,7 @@ from dashboard.environments import environment_named
 from dashboard.extensions import db
 from dashboard.tasks.flows import task_key
 from dashboard.tasks.models import Task
-from dashboard.tasks.service import active_key
+from dashboard.tasks.service import active_key, task_keeper
 from tests.helpers import (
     TEST_PASSWORD,
     Auth,
@@ -32,6 +32,7 @@ from tests.helpers import (
     app_for_tree,
     execute,
     make_app,
+    shut_down,
     signed_in_client,
     upgrade_store,
     versions,
@@ -494,3 +495,17 @@ def test_checking_forty_environments_stores_one_task_whatever_their_names_add_up
     assert sorted(checked) == names and "not_checked" not in checked.values(), checked
     (task,) = tasks_in(app, "drift_check")
     assert task.state == "succeeded" and task.key.startswith("sha256:")
+
+
+@pytest.mark.stores
+def test_a_shut_down_app_beats_the_tasks_it_held_no_more(app):
+    # A test's shut-down (or an app going away) must not leave a heartbeat thread on its store.
+    keeper = task_keeper(app)
+    keeper.hold_queued(1)
+    thread = keeper.thread
+    assert thread is not None and thread.is_alive()
+
+    shut_down(app)
+
+    assert not thread.is_alive()
+    assert keeper.thread is None
